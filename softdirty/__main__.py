@@ -1,0 +1,3 @@
+from softdirty.cli import main
+
+raise SystemExit(main())

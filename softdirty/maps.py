@@ -1,0 +1,118 @@
+"""``/proc/PID/maps`` parsed into :class:`Vma` values.
+
+The kernel prints ``start-end perms offset major:minor inode`` and, padded
+with spaces, a path.  Newlines in a path are escaped as ``\\012`` by the
+kernel (``seq_file_path(..., "\\n")``); we unescape exactly that.  Spaces are
+not escaped, so the path is everything after the padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from softdirty.pagemap import PAGE_SIZE
+
+DELETED_SUFFIX = " (deleted)"
+
+
+class MapsFormatError(ValueError):
+    """A line of /proc/PID/maps that does not have the kernel's format."""
+
+
+@dataclass(frozen=True, slots=True)
+class Vma:
+    start: int
+    end: int
+    perms: str  # e.g. "rw-p"
+    offset: int = 0
+    dev: str = "00:00"
+    inode: int = 0
+    path: str = ""
+    deleted: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def pages(self) -> int:
+        return self.size // PAGE_SIZE
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1] == "w"
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+    @property
+    def anonymous(self) -> bool:
+        """No file behind it (the heap, the stack and ``[anon:...]`` included)."""
+        return self.inode == 0 and not self.path.startswith("/")
+
+    @property
+    def special(self) -> bool:
+        """``[vdso]``, ``[vvar]``, ``[vsyscall]`` and friends: not ordinary memory."""
+        return self.path in ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
+
+    @property
+    def name(self) -> str:
+        return self.path or "[anon]"
+
+    def __contains__(self, addr: object) -> bool:
+        return isinstance(addr, int) and self.start <= addr < self.end
+
+    def format(self) -> str:
+        """The line as the kernel prints it (used by the emulator)."""
+        head = f"{self.start:08x}-{self.end:08x} {self.perms} {self.offset:08x} {self.dev} {self.inode}"
+        if not self.path:
+            return head
+        path = self.path.replace("\n", "\\012") + (DELETED_SUFFIX if self.deleted else "")
+        return head.ljust(73) + path
+
+
+def parse_line(line: str) -> Vma:
+    fields = line.split(None, 5)
+    if len(fields) < 5:
+        raise MapsFormatError(f"too few fields in maps line {line!r}")
+    try:
+        lo, _, hi = fields[0].partition("-")
+        start, end = int(lo, 16), int(hi, 16)
+        offset = int(fields[2], 16)
+        inode = int(fields[4])
+    except ValueError:
+        raise MapsFormatError(f"bad number in maps line {line!r}") from None
+    perms, dev = fields[1], fields[3]
+    if (
+        not _perms_ok(perms)
+        or end < start
+        or start % PAGE_SIZE
+        or end % PAGE_SIZE
+        or ":" not in dev
+    ):
+        raise MapsFormatError(f"malformed maps line {line!r}")
+    path = fields[5] if len(fields) == 6 else ""
+    deleted = path.endswith(DELETED_SUFFIX)
+    if deleted:
+        path = path[: -len(DELETED_SUFFIX)]
+    return Vma(start, end, perms, offset, dev, inode, path.replace("\\012", "\n"), deleted)
+
+
+def _perms_ok(perms: str) -> bool:
+    return (
+        len(perms) == 4
+        and perms[0] in "r-"
+        and perms[1] in "w-"
+        and perms[2] in "x-"
+        and perms[3] in "ps"
+    )
+
+
+def parse_maps(text: str) -> list[Vma]:
+    """Every line of a maps file; raises :class:`MapsFormatError` on garbage."""
+    return [parse_line(line) for line in text.split("\n") if line]

@@ -8,7 +8,7 @@ not escaped, so the path is everything after the padding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from softdirty.pagemap import PAGE_SIZE
 
@@ -29,6 +29,9 @@ class Vma:
     inode: int = 0
     path: str = ""
     deleted: bool = False
+    # Not in the maps text: filled in by whoever knows (LiveProcess.read_maps
+    # from the path and the hugetlbfs mounts; the emulator from its VMA flags).
+    hugetlb: bool = False
 
     @property
     def size(self) -> int:
@@ -111,6 +114,29 @@ def _perms_ok(perms: str) -> bool:
         and perms[2] in "x-"
         and perms[3] in "ps"
     )
+
+
+def hugetlbfs_devices(mountinfo: str) -> frozenset[str]:
+    """``major:minor`` (as maps prints it) of every hugetlbfs mount in a ``/proc/PID/mountinfo`` text."""
+    devs = set()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " in line and len(fields) > 2:
+            fstype = line.split(" - ", 1)[1].split()[0]
+            if fstype == "hugetlbfs":
+                # mountinfo prints decimal "0:39", maps prints hex "00:27"
+                major, _, minor = fields[2].partition(":")
+                devs.add(f"{int(major):02x}:{int(minor):02x}")
+    return frozenset(devs)
+
+
+def mark_hugetlb(vmas: list[Vma], hugetlbfs_devs: frozenset[str]) -> list[Vma]:
+    """Flag hugetlb VMAs: MAP_HUGETLB anon memory shows as ``/anon_hugepage``;
+    hugetlbfs files by their mount's device.  (SysV SHM_HUGETLB segments live on
+    an internal mount that mountinfo does not list; they are not detected.)"""
+    return [
+        replace(v, hugetlb=True) if v.path == "/anon_hugepage" or v.dev in hugetlbfs_devs else v for v in vmas
+    ]
 
 
 def parse_maps(text: str) -> list[Vma]:

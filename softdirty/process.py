@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from softdirty import scanner
 from softdirty.errors import AddressSpaceReplaced, NoSuchProcess, ProcessGone, Unsupported, from_oserror
-from softdirty.maps import Vma, parse_maps
+from softdirty.maps import Vma, hugetlbfs_devices, mark_hugetlb, parse_maps
 from softdirty.answer import Answer
 from softdirty.pagemap import ENTRY_SIZE, PAGE_SHIFT
 
@@ -145,6 +145,8 @@ class LiveProcess:
             self.close()
             raise NoSuchProcess(pid, f"process {pid} exited while being opened")
         self.start_time = self._read_start_time()
+        # Read once: which devices are hugetlbfs mounts in the target's namespace.
+        self._hugetlbfs_devs = hugetlbfs_devices(self._read_text("mountinfo"))
 
     # -- identity --------------------------------------------------------------
     @property
@@ -228,7 +230,7 @@ class LiveProcess:
         if not text:
             # An exited (or exec-in-progress) process has no mm and empty maps.
             self.ensure_alive()
-        return parse_maps(text)
+        return mark_hugetlb(parse_maps(text), self._hugetlbfs_devs)
 
     def pagemap_fileno(self) -> int:
         if self._pagemap_fd < 0:

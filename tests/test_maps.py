@@ -108,3 +108,21 @@ def test_fuzz_never_crashes(text: str) -> None:
         parse_maps(text)
     except MapsFormatError:
         pass
+
+
+def test_hugetlbfs_devices_from_mountinfo_match_maps_format() -> None:
+    from softdirty.maps import hugetlbfs_devices, mark_hugetlb
+
+    mountinfo = (
+        "22 1 0:21 / /dev/shm rw - tmpfs tmpfs rw\n"
+        "42 27 0:39 / /mnt/huge rw,relatime - hugetlbfs none rw,pagesize=2M\n"
+        "43 27 259:3 / /data rw shared:1 - ext4 /dev/nvme0n1p3 rw\n"
+    )
+    devs = hugetlbfs_devices(mountinfo)
+    assert devs == frozenset({"00:27"})
+    vmas = [
+        Vma(0x1000, 0x201000, "rw-s", 0, "00:27", 5, "/mnt/huge/x"),
+        Vma(0x400000, 0x600000, "rw-p", 0, "00:11", 9, "/anon_hugepage", deleted=True),
+        Vma(0x600000, 0x601000, "rw-s", 0, "00:15", 7, "/dev/shm/y"),
+    ]
+    assert [v.hugetlb for v in mark_hugetlb(vmas, devs)] == [True, True, False]

@@ -65,6 +65,11 @@ class SoftDirtyBackend(Backend):
         vmas = [v for v in self.proc.read_maps() if trackable(v)]
         out = array("Q")
         for vma in vmas:
+            if vma.hugetlb:
+                # pagemap never reports a hugetlb page soft-dirty after a
+                # clear (spec 1.6): we cannot see its writes, so say so.
+                out.extend((vma.start, vma.end, int(Cause.UNTRACKED)))
+                continue
             runs = self._scan_runs(vma, how)
             # runs: flat (start, end, backing) triples; backing 0 = soft-dirty
             # with no page behind it, which only VM_SOFTDIRTY produces.

@@ -76,7 +76,9 @@ def normalize(triples: Sequence[int]) -> array[int]:
     if not overlap:
         return out
     # Sweep over boundaries, counting the open ranges of each flags value.
-    events = sorted([(s, 1, f) for s, f in zip(starts, flags)] + [(e, -1, f) for e, f in zip(ends, flags)])
+    opens = [(s, 1, f) for s, f in zip(starts, flags, strict=True)]
+    closes = [(e, -1, f) for e, f in zip(ends, flags, strict=True)]
+    events = sorted(opens + closes)
     open_count: dict[int, int] = {}
     out = array("Q")
     pos = events[0][0]

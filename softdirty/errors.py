@@ -76,5 +76,6 @@ def from_oserror(exc: OSError, pid: int, what: str, *, opened: bool) -> SoftDirt
         return NoSuchProcess(pid, f"no process with PID {pid} ({what}: {exc.strerror})")
     if code in (_errno.EACCES, _errno.EPERM):
         permission = CLEAR_REFS_WRITE if what == "clear_refs" else PTRACE_READ
-        return AccessDenied(pid, permission, f"access to process {pid} denied ({what}: {exc.strerror}); needs {permission}")
+        why = f"access to process {pid} denied ({what}: {exc.strerror}); needs {permission}"
+        return AccessDenied(pid, permission, why)
     return exc

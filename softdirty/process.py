@@ -22,9 +22,9 @@ from array import array
 from typing import Protocol, runtime_checkable
 
 from softdirty import scanner
+from softdirty.answer import Answer
 from softdirty.errors import AddressSpaceReplaced, NoSuchProcess, ProcessGone, Unsupported, from_oserror
 from softdirty.maps import Vma, hugetlbfs_devices, mark_hugetlb, parse_maps
-from softdirty.answer import Answer
 from softdirty.pagemap import ENTRY_SIZE, PAGE_SHIFT
 
 # Readable pagemap range on x86-64 with 4-level paging (spec 1.5).
@@ -292,7 +292,8 @@ class LiveProcess:
     def scan_error(self, exc: OSError) -> BaseException:
         """PAGEMAP_SCAN's errno as a typed error (shared with the looping scan)."""
         if exc.errno == errno.ENOTTY:
-            return Unsupported("PAGEMAP_SCAN", f"the kernel has no PAGEMAP_SCAN ioctl (needs Linux 6.7+; {os.uname().release})")
+            why = f"the kernel has no PAGEMAP_SCAN ioctl (needs Linux 6.7+; this is {os.uname().release})"
+            return Unsupported("PAGEMAP_SCAN", why)
         return self._translate(exc, "pagemap")
 
     def feature(self, name: str) -> Answer:

@@ -44,5 +44,5 @@ class Backend(abc.ABC):
     def rearms_on_harvest(self) -> bool:
         return False
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op is right for back ends that leave nothing behind
         """Leave the target as it was before tracking (where the back end can)."""

@@ -24,6 +24,7 @@ from softdirty.maps import Vma
 from softdirty.pagemap import Entry
 from softdirty.probe import Capabilities, probe
 from softdirty.process import LiveProcess, ProcessInterface
+from softdirty.spawn import Spawned, spawn
 from softdirty.tracker import Tracker, track
 
 __version__ = "0.1.0"
@@ -42,10 +43,12 @@ __all__ = [
     "ProcessInterface",
     "Range",
     "SoftDirtyError",
+    "Spawned",
     "Tracker",
     "Unsupported",
     "Vma",
     "VmaSummary",
     "probe",
+    "spawn",
     "track",
 ]

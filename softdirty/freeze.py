@@ -125,12 +125,16 @@ class Freeze:
         start = time.monotonic()
         deadline = start + self.timeout
         try:
+            dead: set[int] = set()  # zombie or gone threads: never seizable, never to wait for
             while True:
                 self.rounds += 1
-                new = [tid for tid in self._list_tasks() if tid not in self._seized]
+                new = [tid for tid in self._list_tasks() if tid not in self._seized and tid not in dead]
                 if not new:
                     break
+                if time.monotonic() > deadline:
+                    raise FreezeTimeout(f"the threads of process {self.pid} kept changing for {self.timeout} s")
                 seized = [tid for tid in new if self._seize(tid)]
+                dead.update(tid for tid in new if tid not in self._seized)
                 for tid in seized:
                     self._wait_stop(tid, deadline)
             if not self._seized:

@@ -389,6 +389,9 @@ class Injector:
             if not os.path.exists(f"/proc/{self.pid}"):
                 return NoSuchProcess(self.pid)
             return ProcessGone(self.pid, f"process {self.pid} cannot be stopped (exiting?)")
+        if exc.errno == errno.EPERM and _exiting(self.pid):
+            # PTRACE_SEIZE refuses an exiting task with EPERM: that is exit, not permission.
+            return ProcessGone(self.pid, f"process {self.pid} is exiting")
         if exc.errno == errno.EPERM:
             tracer = _status_field(self.pid, "TracerPid", self.tid)
             if tracer and tracer != "0":
@@ -575,3 +578,17 @@ class Injector:
                                      f"not {name} ({NR[name]})")
         self._step_to_syscall_stop()  # exit
         return _signed(self._getregs().rax)
+
+
+_PF_EXITING = 0x00000004
+
+
+def _exiting(pid: int) -> bool:
+    """A zombie, gone, or PF_EXITING (field 9 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return True
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)

@@ -15,6 +15,7 @@ from softdirty.dirtyset import Cause, DirtySet, Range, VmaSummary
 from softdirty.errors import (
     AccessDenied,
     AddressSpaceReplaced,
+    AlreadyTracked,
     NoSuchProcess,
     ProcessGone,
     SoftDirtyError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDenied",
     "AddressSpaceReplaced",
+    "AlreadyTracked",
     "Answer",
     "Capabilities",
     "Cause",

@@ -45,6 +45,14 @@ class AccessDenied(SoftDirtyError):
         super().__init__(msg or f"access to {target} denied: needs {permission}")
 
 
+class AlreadyTracked(SoftDirtyError):
+    """Another soft-dirty tracker already clears this process (one clear_refs per process)."""
+
+    def __init__(self, pid: int, msg: str) -> None:
+        self.pid = pid
+        super().__init__(msg)
+
+
 class Unsupported(SoftDirtyError):
     """The kernel (or this host) lacks the feature; ``reason`` says why."""
 

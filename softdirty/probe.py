@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from softdirty import _libc, scanner
 from softdirty.answer import Answer
+from softdirty.errors import AccessDenied
 from softdirty.pagemap import PAGE_SIZE, PM, PageCategory, ScanFlag
 from softdirty.uffd_abi import (
     UFFD_API,
@@ -202,7 +203,12 @@ def _best(sd: Answer, uffd: Answer) -> tuple[str | None, str]:
 def probe() -> Capabilities:
     """The host's capabilities, each with its reason (computed once per process)."""
     info = scanner.active_scanner()
-    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        # /proc/self is root's when this process is not dumpable (set-id, or changed credentials).
+        raise AccessDenied(None, "read access to /proc/self/pagemap (this process is not dumpable: "
+                           "prctl(PR_SET_DUMPABLE, 1) after changing credentials)") from None
     try:
         sd, pfn = _probe_soft_dirty(fd)
         scan, scan_sd, scan_guard = _probe_scan(fd)

@@ -27,6 +27,9 @@ from softdirty.errors import AddressSpaceReplaced, NoSuchProcess, ProcessGone, U
 from softdirty.maps import Vma, hugetlbfs_devices, mark_hugetlb, parse_maps
 from softdirty.pagemap import ENTRY_SIZE, PAGE_SHIFT
 
+# include/linux/sched.h: set by do_exit() before exit_mm() drops the address space.
+_PF_EXITING = 0x00000004
+
 # Readable pagemap range on x86-64 with 4-level paging (spec 1.5).
 TASK_SIZE_4LEVEL = (1 << 47) - 4096
 
@@ -194,20 +197,42 @@ class LiveProcess:
             raise self._translate(exc, name) from None
 
     def _translate(self, exc: OSError, what: str) -> BaseException:
-        return from_oserror(exc, self._pid, what, opened=True)
+        out = from_oserror(exc, self._pid, what, opened=True)
+        if out is exc and self._gone_or_exiting():
+            # An exiting task answers some files with other errnos (mountinfo: EINVAL
+            # once its namespaces are released): that is still the process going away.
+            return ProcessGone(self._pid, f"process {self._pid} exited ({what}: {exc.strerror})")
+        return out
+
+    def _gone_or_exiting(self) -> bool:
+        if self._pidfd < 0 or not self._pidfd_alive():
+            return True
+        try:  # no _read_text here: its errors come back through _translate
+            fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dirfd)
+            try:
+                text = os.read(fd, 4096).decode("ascii", "replace")
+            finally:
+                os.close(fd)
+            fields = text[text.rindex(")") + 2 :].split()
+            return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+        except (OSError, ValueError, IndexError):
+            return True
 
     def mm_gone_error(self) -> ProcessGone:
         """Why pagemap answered EOF inside the address space: exit or exec."""
-        if self._pidfd_alive() and not self._zombie():
+        if self._pidfd_alive() and not self._exiting():
             return AddressSpaceReplaced(self._pid)
         return ProcessGone(self._pid)
 
-    def _zombie(self) -> bool:
+    def _exiting(self) -> bool:
+        """A zombie, or a task inside do_exit: its mm is released before it turns zombie,
+        while signal 0 still reaches it, so without PF_EXITING an exit reads as an exec."""
         try:
             text = self._read_text("stat")
         except ProcessGone:
             return True
-        return text[text.rindex(")") + 2 :].split()[0] in ("Z", "X")
+        fields = text[text.rindex(")") + 2 :].split()
+        return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)  # field 9 of proc(5): flags
 
     def _read_text(self, name: str) -> str:
         fd = self._open(name, os.O_RDONLY)

@@ -92,3 +92,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"softdirty: imported from {os.path.dirname(softdirty.__file__)}; "
         f"hypothesis profile {PROFILE}",
     ]
+
+
+# --stress: the reliability suites (tests/test_reliability*.py, ...) scale their
+# round counts by STRESS_FACTOR; CI runs without it (sized for 2 cores).
+STRESS_FACTOR = 10
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--stress", action="store_true", default=False,
+                     help=f"run the reliability suites with {STRESS_FACTOR}x the rounds (long; for people)")
+
+
+@pytest.fixture(scope="session")
+def stress(request: pytest.FixtureRequest) -> int:
+    """The round multiplier: 1 in CI, STRESS_FACTOR with --stress."""
+    return STRESS_FACTOR if request.config.getoption("--stress") else 1

@@ -11,16 +11,28 @@ Both report, per VMA, the soft-dirty runs.  A soft-dirty page that is
 neither present nor swapped can only come from ``VM_SOFTDIRTY`` on its VMA
 (a VMA created since the checkpoint, or one that regained the flag): then
 the whole VMA reads dirty and is reported once, with ``Cause.NEW_MAPPING``.
+
+One clearer per process: soft-dirty bits are per process, so a second
+tracker's ``clear_refs`` would silently wipe the first one's epoch.  Each
+soft-dirty back end on a live process therefore takes an advisory lock
+(``flock``) on ``<runtime dir>/softdirty/<pid>-<start time>.lock`` (runtime
+dir: ``$XDG_RUNTIME_DIR``, else ``/run`` for root, else the temp dir) and a
+second one raises :class:`~softdirty.errors.AlreadyTracked`.  The kernel
+drops the lock when the holder closes or dies.  Advisory only: it sees
+trackers sharing a runtime dir (same user), not ``echo 4 > clear_refs``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
 from array import array
 
 from softdirty import scanner
 from softdirty.backends.base import Backend, Harvest
 from softdirty.dirtyset import Cause
-from softdirty.errors import Unsupported
+from softdirty.errors import AlreadyTracked, Unsupported
 from softdirty.maps import Vma
 from softdirty.pagemap import PM, PageCategory
 from softdirty.process import TASK_SIZE_4LEVEL, ProcessInterface
@@ -45,6 +57,44 @@ class SoftDirtyBackend(Backend):
         if not works.ok:
             raise Unsupported("the soft-dirty back end", works.reason)
         self.method = self._choose(method)
+        self._lock_path = ""
+        self._lock_fd = self._lock()
+
+    def _lock(self) -> int:
+        """The one-clearer lock (see the module text); -1 for a process without a start time."""
+        start = getattr(self.proc, "start_time", None)
+        if not isinstance(start, int):
+            return -1  # an emulated process: nobody else can clear it
+        base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else tempfile.gettempdir())
+        where = os.path.join(base, f"softdirty-{os.geteuid()}")
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        path = os.path.join(where, f"{self.proc.pid}-{start}.lock")
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise AlreadyTracked(self.proc.pid, f"process {self.proc.pid} already has a soft-dirty tracker "
+                                     f"(lock {path} is held): soft-dirty has one clear per process, so a second "
+                                     "tracker would wipe the first one's checkpoint") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._lock_path = path
+                return fd
+            os.close(fd)  # its holder unlinked it on close: lock the new file instead
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            fd, self._lock_fd = self._lock_fd, -1
+            try:
+                os.unlink(self._lock_path)  # while still holding it (see _lock's inode check)
+            except OSError:
+                pass
+            os.close(fd)
 
     def _choose(self, method: str | None) -> str:
         if method is None:

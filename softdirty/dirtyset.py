@@ -125,6 +125,11 @@ class DirtySet:
         self.pid = pid
         self.notes = tuple(notes)
 
+    def _adopt(self, other: DirtySet) -> None:
+        """Take ``other``'s already normalised ranges without normalising again."""
+        self._t, self._starts, self.vma_list = other._t, other._starts, other.vma_list
+        self.epoch, self.backend, self.pid, self.notes = other.epoch, other.backend, other.pid, other.notes
+
     @property
     def triples(self) -> array[int]:
         return self._t

@@ -371,12 +371,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    try:
-        from softdirty.emulator import cli_emulate  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise Unsupported("softdirty emulate", f"the emulator's command is not available ({exc})") from None
-    result: int = cli_emulate(args.scenario, sys.stdout)
-    return result
+    from softdirty.emulator import emulate_main
+
+    argv = [*args.scenario, *(["--quiet"] if args.quiet else [])]
+    status = emulate_main(argv, sys.stdout)
+    # emulate_main: 0 all held, 1 an expectation failed, 2 a bad scenario file.
+    return {0: EXIT_OK, 1: EXIT_MISMATCH}.get(status, EXIT_USAGE)
 
 
 DEMO_WORKLOAD = r"""
@@ -500,8 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
     p.set_defaults(func=cmd_verify)
 
-    p = add("emulate", "replay an emulator scenario (TOML) and print the entries", "  softdirty emulate s.toml\n")
-    p.add_argument("scenario")
+    p = add("emulate", "replay emulator scenarios (TOML) and print the entries after each step",
+            "  softdirty emulate s.toml\n  softdirty emulate list\n  softdirty emulate -q a.toml b.toml\n")
+    p.add_argument("scenario", nargs="+", help="scenario file(s), or 'list' for the shipped ones")
+    p.add_argument("--quiet", "-q", action="store_true", help="only failures and a summary per scenario")
     p.set_defaults(func=cmd_emulate)
 
     p = add("demo", "start a small workload and watch it on the best back end",

@@ -212,7 +212,18 @@ def test_dump_of_a_dead_pid(tmp_path: Path) -> None:
 
 def test_emulate_a_missing_scenario_is_one_error_line(tmp_path: Path) -> None:
     r = sd("emulate", str(tmp_path / "missing.toml"))
-    assert r.returncode in (1, 5) and one_error_line(r)
+    assert r.returncode == 2 and "cannot read" in one_error_line(r)
+
+
+def test_emulate_replays_a_shipped_scenario_and_reports_a_broken_one(tmp_path: Path) -> None:
+    from softdirty.emulator import scenario_dir
+
+    r = sd("emulate", "-q", str(scenario_dir() / "04-anon-write.toml"))
+    assert r.returncode == 0 and "all expectations held" in r.stdout, r.stdout + r.stderr
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[[step]]\nop = 'mmap'\nname = 'a'\npages = 1\nexpect.pagemap = { 'a' = 'P' }\n")
+    r = sd("emulate", str(wrong))
+    assert r.returncode == 6 and "FAIL" in r.stdout, r.stdout + r.stderr
 
 
 @uffd

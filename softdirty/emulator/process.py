@@ -258,6 +258,7 @@ class EmulatedProcess:
         for k in range(2):
             f = self.machine.alloc_folio(anon=False, file=vdso_file, index=k)
             vdso_file.cache[k] = f
+            self._mc(f, 0, 1)  # every other process maps the vdso too: never exclusive
             self._map_file_pte(vdso, vdso.start + k * PAGE_SIZE, f, write=False, prefault=False)
 
     # ------------------------------------------------------------------ VMA list
@@ -396,9 +397,9 @@ class EmulatedProcess:
             prev.anon_vma = prev.anon_vma or anon or nxt.anon_vma
             self._remove_vma(v)
             self._remove_vma(nxt)
-            prev.flags = flags if reset_flags else self._sd_merge(prev.flags, old_flags, nxt.flags)
-            if reset_flags and self.profile.sticky_vm_softdirty_merge:
-                prev.flags |= (old_flags | nxt.flags) & VM_SOFTDIRTY
+            prev_flags = prev.flags
+            prev.flags = flags if reset_flags else prev_flags
+            prev.flags = self._sd_merge(prev.flags, prev_flags, old_flags, nxt.flags)
             prev.uffd = uffd
             return prev
         if merge_left:
@@ -411,9 +412,9 @@ class EmulatedProcess:
                 self._remove_vma(v)
             prev.end = end
             prev.anon_vma = prev.anon_vma or anon
-            prev.flags = flags if reset_flags else self._sd_merge(prev.flags, old_flags)
-            if reset_flags and self.profile.sticky_vm_softdirty_merge:
-                prev.flags |= (old_flags) & VM_SOFTDIRTY
+            prev_flags = prev.flags
+            prev.flags = flags if reset_flags else prev_flags
+            prev.flags = self._sd_merge(prev.flags, prev_flags, old_flags)
             prev.uffd = uffd
             self._last_vma = None
             return prev
@@ -426,9 +427,9 @@ class EmulatedProcess:
         nxt.start = start
         nxt.pgoff = pgoff_start
         nxt.anon_vma = nxt.anon_vma or anon
-        nxt.flags = flags if reset_flags else self._sd_merge(nxt.flags, old_flags)
-        if reset_flags and self.profile.sticky_vm_softdirty_merge:
-            nxt.flags |= old_flags & VM_SOFTDIRTY
+        nxt_flags = nxt.flags
+        nxt.flags = flags if reset_flags else nxt_flags
+        nxt.flags = self._sd_merge(nxt.flags, nxt_flags, old_flags)
         nxt.uffd = uffd
         self._last_vma = None
         return nxt
@@ -977,6 +978,17 @@ class EmulatedProcess:
         for k in range(f.nr):
             self._mc(f, k, 1)
 
+    def _move_pmd_leaf(self, pmdt: Table, pi: int, npmdt: Table, npi: int, raw: int, f: Folio) -> None:
+        """A PMD leaf changes place (mremap): same folio, same mapcount."""
+        pmdt.ents[pi] = 0
+        try:
+            f.pmd_rmap.remove((pmdt, pi))
+        except ValueError:
+            pass
+        f.pmd_rmap.append((npmdt, npi))
+        npmdt.ents[npi] = raw
+        npmdt.child[npi] = None
+
     def _unmap_pmd(self, pmdt: Table, pi: int) -> Folio | None:
         raw = pmdt.ents[pi]
         pmdt.ents[pi] = 0
@@ -1179,6 +1191,7 @@ class EmulatedProcess:
                 f = self._hugetlb_alloc(h, anon=False, file=v.file, index=pgoff)
                 v.file.cache[pgoff] = f
         else:
+            self._anon_vma_prepare(v)
             f = self._hugetlb_alloc(h, anon=True)
         raw = mk_pte(f.pfn, prot)
         if write or (v.shared and v.flags & VM_WRITE and not self._wants_writenotify(v)):
@@ -2117,20 +2130,20 @@ class EmulatedProcess:
         if new_len == 0 or new_len > self.task_size:
             raise _err(errno.EINVAL, "bad new length")
         moving = bool(flags & (MREMAP_FIXED | MREMAP_DONTUNMAP))
-        if moving:
-            if flags & MREMAP_FIXED and (new_addr > self.task_size - new_len or new_addr & ~PAGE_MASK):
-                raise _err(errno.EINVAL, "bad new address")
-            if not flags & MREMAP_MAYMOVE:
-                raise _err(errno.EINVAL, "MREMAP_FIXED/DONTUNMAP without MREMAP_MAYMOVE")
-            if flags & MREMAP_DONTUNMAP and old_len != new_len:
-                raise _err(errno.EINVAL, "MREMAP_DONTUNMAP cannot resize")
-            if flags & MREMAP_FIXED and old + old_len > new_addr and new_addr + new_len > old:
-                raise _err(errno.EINVAL, "old and new ranges overlap")
-        if self.profile.mremap_multi_vma and flags & MREMAP_FIXED and old_len == new_len:
+        new_flow = self.profile.mremap_multi_vma  # the 6.16/6.17 rework checks the target first
+        if moving and not flags & MREMAP_MAYMOVE:
+            raise _err(errno.EINVAL, "MREMAP_FIXED/DONTUNMAP without MREMAP_MAYMOVE")
+        if flags & MREMAP_DONTUNMAP and old_len != new_len:
+            raise _err(errno.EINVAL, "MREMAP_DONTUNMAP cannot resize")
+        if moving and new_flow:
+            self._check_new_addr(old, old_len, new_len, new_addr, flags)
+        if new_flow and flags & MREMAP_FIXED and old_len == new_len:
             return self._remap_move(old, old_len, new_addr, flags)
         v = self.find_vma(old)
         if v is None:
             raise _err(errno.EFAULT, "old address not mapped")
+        if moving and not new_flow:
+            self._check_new_addr(old, old_len, new_len, new_addr, flags)
         if v.hugetlb:
             old_len = (old_len + PMD_SIZE - 1) & PMD_MASK
             new_len = (new_len + PMD_SIZE - 1) & PMD_MASK
@@ -2157,6 +2170,12 @@ class EmulatedProcess:
             raise _err(errno.ENOMEM, "cannot grow in place")
         dst = self._get_unmapped_area(new_len, 0)
         return self._move_vma(v, old, old_len, new_len, dst, flags)
+
+    def _check_new_addr(self, old: int, old_len: int, new_len: int, new_addr: int, flags: int) -> None:
+        if new_addr & ~PAGE_MASK or new_addr > self.task_size - new_len:
+            raise _err(errno.EINVAL, "bad new address")
+        if old + old_len > new_addr and new_addr + new_len > old:
+            raise _err(errno.EINVAL, "old and new ranges overlap")
 
     def _check_prep_vma(self, v: EVma, old: int, old_len: int, new_len: int, flags: int) -> None:
         """check_prep_vma() / vma_to_resize(): the checks of an operation that maps anew."""
@@ -2265,7 +2284,7 @@ class EmulatedProcess:
         if src.anonymous and anon is None:
             pgoff = new_addr >> PAGE_SHIFT
         uffd = src.uffd
-        dst = self._copy_vma(src, new_addr, new_len, src.flags, pgoff, anon, uffd)
+        dst = self._copy_vma(src, new_addr, new_len, src.flags, pgoff, anon, uffd, dontunmap=dontunmap)
         if uffd is not None and not uffd.event_remap and dst.uffd is not None:
             # mremap_userfaultfd_prep(): without EVENT_REMAP the new VMA loses its context, and
             # when copy_vma() merged it with registered neighbours, so do they (no re-merge).
@@ -2282,13 +2301,22 @@ class EmulatedProcess:
         return new_addr
 
     def _copy_vma(self, src: EVma, addr: int, length: int, flags: int, pgoff: int, anon: AnonVma | None,
-                  uffd: UffdCtx | None) -> EVma:
+                  uffd: UffdCtx | None, *, dontunmap: bool = False) -> EVma:
         end = addr + length
         prev, nxt = self._prev_next(addr, end)
         left = prev is not None and prev.end == addr and attrs_mergeable(flags, src.file, uffd, src.name, prev) \
             and prev.pgoff + prev.pages == pgoff and anon_mergeable(prev, anon, src)
         right = nxt is not None and nxt.start == end and attrs_mergeable(flags, src.file, uffd, src.name, nxt) \
             and nxt.pgoff == pgoff + (length >> PAGE_SHIFT) and anon_mergeable(nxt, anon, src)
+        policy = self.profile.dontunmap_merge
+        if dontunmap and policy != "any":
+            # Observed: before the 6.16 rework the kept source VMA is no merge partner
+            # (6.12), and on 6.1 its mere candidacy prevents any merge.
+            if policy == "not_source":
+                left = left and prev is not src
+                right = right and nxt is not src
+            elif (left and prev is src) or (right and nxt is src):
+                left = right = False
         if left and right:
             assert prev is not None and nxt is not None
             if not anon_mergeable(prev, nxt.anon_vma, nxt):
@@ -2340,10 +2368,9 @@ class EmulatedProcess:
                 npi = (new >> 21) & 511
                 f, _ = self._folio_of(raw) if pte_present(raw) else (None, 0)
                 if f is not None:
-                    self._unmap_pmd(pmdt, pi)
                     if clear_uffd:
                         raw &= ~_PAGE_UFFD_WP
-                    self._map_pmd(npmdt, npi, raw, f)
+                    self._move_pmd_leaf(pmdt, pi, npmdt, npi, raw, f)
                 else:
                     pmdt.ents[pi] = 0
                     if not (clear_uffd and marker_bits(raw) & PTE_MARKER_UFFD_WP):
@@ -2366,9 +2393,9 @@ class EmulatedProcess:
                         pmdt.ents[pi] = 0
                         npmdt.ents[npi] = raw
                     else:
-                        f = self._unmap_pmd(pmdt, pi)
+                        f, _ = self._folio_of(raw)
                         assert f is not None
-                        self._map_pmd(npmdt, npi, raw, f)
+                        self._move_pmd_leaf(pmdt, pi, npmdt, npi, raw, f)
                     old += extent
                     new += extent
                     continue

@@ -45,12 +45,17 @@ class KernelProfile:
     # mremap(MREMAP_FIXED) of a range spanning several VMAs (6.17+).
     mremap_multi_vma: bool = True
     # pagemap's PM_MMAP_EXCLUSIVE for a PMD-mapped THP comes from its first page for all
-    # 512 entries (6.15+: __folio_page_mapped_exclusively(folio, page) without "+ idx").
+    # 512 entries (6.1, and again 6.15+: __folio_page_mapped_exclusively(folio, page)
+    # without "+ idx"); 6.12 asks per subpage.
     thp_excl_from_head: bool = True
     # Splitting an anon THP maps its all-zero subpages to the shared zero page (6.12+).
     split_zero_remap: bool = True
     # mprotect() drops VM_ACCOUNT from an unfaulted anon VMA made read-only (6.2+).
     mprotect_unaccount: bool = True
+    # How the new VMA of an MREMAP_DONTUNMAP move merges (observed in VMs, not in the spec):
+    # "any" (6.16+), "not_source" (6.12: never into the kept source VMA), "none_near_source"
+    # (6.1: no merge at all when the source VMA is a neighbour).
+    dontunmap_merge: str = "any"
     # A read fault that maps a writable PTE of a dirty folio marks it dirty (2025).
     dirty_folio_read_mkdirty: bool = True
     # Machine configuration (not version dependent; read it off the real host).
@@ -73,6 +78,9 @@ class KernelProfile:
                 raise ValueError(f"{name} must be >= 0")
         if self.fault_around_pages < 1 or self.fault_around_pages & (self.fault_around_pages - 1):
             raise ValueError("fault_around_pages must be a power of two >= 1")
+        if self.dontunmap_merge not in ("any", "not_source", "none_near_source"):
+            raise ValueError("dontunmap_merge must be any, not_source or none_near_source, "
+                             f"not {self.dontunmap_merge!r}")
 
     @property
     def task_size(self) -> int:
@@ -92,12 +100,12 @@ _PRESETS: dict[str, KernelProfile] = {
     "6.18": KernelProfile(),
     # Debian bookworm-security 6.12.y: no guard bit, no huge-zero PFNZERO fix,
     # write to the huge zero page splits, large folios are never reused.
+    # Debian 6.12.117 carries the 2026 WRITTEN fixes and the huge-zero PFNZERO fix (stable
+    # backports; observed in the VM).
     "6.12": KernelProfile(
         release="6.12",
+        dontunmap_merge="not_source",
         scan_guard=False,
-        scan_none_is_written=False,
-        scan_uffd_hole_is_written=False,
-        huge_zero_pfnzero=False,
         guard_regions=False,
         guard_bit=False,
         huge_zero_wp_alloc=False,
@@ -111,6 +119,7 @@ _PRESETS: dict[str, KernelProfile] = {
     # Debian 6.1: no PAGEMAP_SCAN, no WP_ASYNC (UFFD features up to WP_HUGETLBFS_SHMEM).
     "6.1": KernelProfile(
         release="6.1",
+        dontunmap_merge="none_near_source",
         pagemap_scan=False,
         scan_soft_dirty=False,
         scan_guard=False,
@@ -128,7 +137,7 @@ _PRESETS: dict[str, KernelProfile] = {
         pt_reclaim=False,
         mremap_multi_vma=False,
         dirty_folio_read_mkdirty=False,
-        thp_excl_from_head=False,
+        thp_excl_from_head=True,  # 6.1 tests the head page too (page_mapcount(page) == 1 once)
         max_swapfiles=27,
     ),
 }

@@ -123,6 +123,39 @@ def _has_new_mapping(triples: array[int], vma: Vma) -> bool:
                for i in range(0, len(triples), 3))
 
 
+def _relabel_new_vmas(triples: array[int], vmas: Sequence[Vma], before: Sequence[Vma],
+                      notes: list[str]) -> array[int]:
+    """Say ``NEW_MAPPING`` for VMAs over addresses that had no mapping at the checkpoint.
+
+    Such a VMA carries ``VM_SOFTDIRTY`` (mmap sets it), so every entry reads
+    soft-dirty.  The back end can only tell that when some page of it is not
+    present; a new VMA whose pages are all present (``MAP_POPULATE``, or all
+    touched) would otherwise read as ``WRITTEN``, although nothing in it was
+    necessarily written.
+    """
+    spans = sorted((b.start, b.end) for b in before)
+    starts = [s for s, _ in spans]
+    nm, written = int(Cause.NEW_MAPPING), int(Cause.WRITTEN)
+    for vma in vmas:
+        i = bisect.bisect_left(starts, vma.end)  # spans[:i] start below vma.end; they do not overlap
+        if i and spans[i - 1][1] > vma.start:
+            continue  # something was mapped here at the checkpoint
+        if _has_new_mapping(triples, vma):
+            continue  # the back end said so already
+        relabeled = array("Q")
+        changed = False
+        for j in range(0, len(triples), 3):
+            s, e, f = triples[j], triples[j + 1], triples[j + 2]
+            if f == written and vma.start <= s and e <= vma.end:
+                f, changed = nm, True
+            relabeled.extend((s, e, f))
+        if changed:
+            triples = relabeled
+            notes.append(f"{vma.name} {vma.start:#x}-{vma.end:#x}: mapped since the checkpoint (VM_SOFTDIRTY): "
+                         "all of it reads dirty")
+    return triples
+
+
 def huge_candidates(triples: array[int], vmas: Iterable[Vma]) -> list[int]:
     """Start addresses of 2 MiB-aligned blocks that are reported whole, inside one VMA."""
     blocks = []
@@ -181,7 +214,10 @@ def annotate(proc: ProcessInterface, triples: array[int], vmas: Sequence[Vma],
             out.extend((vma.start, vma.end, int(Cause.UNTRACKED)))
             notes.append(f"{vma.name} {vma.start:#x}-{vma.end:#x}: untracked: {why}")
     if before is not None:
-        for vma, sure in moved_vmas(before, vmas):
+        moved = moved_vmas(before, vmas)
+        moved_starts = {vma.start for vma, _ in moved}
+        out = _relabel_new_vmas(out, [v for v in vmas if v.start not in moved_starts], before, notes)
+        for vma, sure in moved:
             if not sure and _has_new_mapping(out, vma):
                 continue  # a fresh mmap (VM_SOFTDIRTY); a move copies the source's cleared flag
             out = _or_flags(out, vma.start, vma.end, int(Cause.MOVED))

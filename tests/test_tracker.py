@@ -353,6 +353,24 @@ def test_emulated_mremap_is_reported_moved() -> None:
         assert any("moved" in n for n in moved.notes)
 
 
+def test_emulated_populated_new_mapping_is_new_not_written() -> None:
+    """A VMA mapped since the checkpoint reads wholly soft-dirty (VM_SOFTDIRTY); all of it present
+    (MAP_POPULATE) must still be NEW_MAPPING, not WRITTEN, while an old VMA's write stays WRITTEN."""
+    emulator = pytest.importorskip("softdirty.emulator")
+    p = emulator.EmulatedProcess(emulator.get_profile("6.12", soft_dirty=True))
+    a = p.mmap(0, 16 * PAGE, 3, 0x22)
+    with softdirty.track(p, backend="softdirty") as t:
+        t.reset()
+        p.write(a, b"x")
+        b = p.mmap(a + (1 << 30), 8 * PAGE, 3, 0x22 | 0x10 | 0x8000)  # MAP_FIXED (no merge), MAP_POPULATE
+        got = t.harvest()
+        assert (a, a + PAGE, Cause.WRITTEN) in [(r.start, r.end, r.flags) for r in got]
+        new = [r for r in got if b <= r.start < b + 8 * PAGE]
+        assert sum(r.end - r.start for r in new) == 8 * PAGE
+        assert all(r.flags == Cause.NEW_MAPPING for r in new), new
+        assert any("mapped since the checkpoint" in n for n in got.notes)
+
+
 # -- live, uffd (the host) ------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ not escaped, so the path is everything after the padding.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, replace
 
 from softdirty.pagemap import PAGE_SIZE
@@ -130,10 +132,38 @@ def hugetlbfs_devices(mountinfo: str) -> frozenset[str]:
     return frozenset(devs)
 
 
+@functools.cache
+def hugetlb_internal_devices() -> frozenset[str]:
+    """``major:minor`` of the kernel's internal hugetlbfs mounts (one per huge page size).
+
+    MAP_HUGETLB memory, SysV ``SHM_HUGETLB`` segments (``/SYSV<key>``) and
+    ``memfd_create(MFD_HUGETLB)`` files all live there, and mountinfo does not
+    list it: a hugetlb memfd of each size (creating one reserves nothing) tells
+    its device.  Sizes this kernel does not offer are skipped.
+    """
+    devs = set()
+    try:
+        sizes = [int(name.split("-")[1].rstrip("kB")) * 1024 for name in os.listdir("/sys/kernel/mm/hugepages")]
+    except (OSError, ValueError, IndexError):
+        sizes = []
+    for flags in [0] + [(size.bit_length() - 1) << 26 for size in sizes]:  # MFD_HUGE_SHIFT
+        try:
+            fd = os.memfd_create("softdirty-probe", getattr(os, "MFD_HUGETLB", 4) | flags | os.MFD_CLOEXEC)
+        except (OSError, AttributeError):
+            continue
+        try:
+            dev = os.fstat(fd).st_dev
+            devs.add(f"{os.major(dev):02x}:{os.minor(dev):02x}")
+        finally:
+            os.close(fd)
+    return frozenset(devs)
+
+
 def mark_hugetlb(vmas: list[Vma], hugetlbfs_devs: frozenset[str]) -> list[Vma]:
     """Flag hugetlb VMAs: MAP_HUGETLB anon memory shows as ``/anon_hugepage``;
-    hugetlbfs files by their mount's device.  (SysV SHM_HUGETLB segments live on
-    an internal mount that mountinfo does not list; they are not detected.)"""
+    other hugetlb memory (hugetlbfs files, SysV ``SHM_HUGETLB``, hugetlb memfds)
+    by its mount's device: pass :func:`hugetlbfs_devices` of the mountinfo
+    together with :func:`hugetlb_internal_devices`."""
     return [
         replace(v, hugetlb=True) if v.path == "/anon_hugepage" or v.dev in hugetlbfs_devs else v for v in vmas
     ]

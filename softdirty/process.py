@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 from softdirty import scanner
 from softdirty.answer import Answer
 from softdirty.errors import AddressSpaceReplaced, NoSuchProcess, ProcessGone, Unsupported, from_oserror
-from softdirty.maps import Vma, hugetlbfs_devices, mark_hugetlb, parse_maps
+from softdirty.maps import Vma, hugetlb_internal_devices, hugetlbfs_devices, mark_hugetlb, parse_maps
 from softdirty.pagemap import ENTRY_SIZE, PAGE_SHIFT
 
 # include/linux/sched.h: set by do_exit() before exit_mm() drops the address space.
@@ -149,7 +149,7 @@ class LiveProcess:
             raise NoSuchProcess(pid, f"process {pid} exited while being opened")
         self.start_time = self._read_start_time()
         # Read once: which devices are hugetlbfs mounts in the target's namespace.
-        self._hugetlbfs_devs = hugetlbfs_devices(self._read_text("mountinfo"))
+        self._hugetlbfs_devs = hugetlbfs_devices(self._read_text("mountinfo")) | hugetlb_internal_devices()
 
     # -- identity --------------------------------------------------------------
     @property

@@ -128,3 +128,39 @@ def test_hugetlbfs_devices_from_mountinfo_match_maps_format() -> None:
         Vma(0x600000, 0x601000, "rw-s", 0, "00:15", 7, "/dev/shm/y"),
     ]
     assert [v.hugetlb for v in mark_hugetlb(vmas, devs)] == [True, True, False]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to reserve a huge page for the SysV segment "
+                    "(CI and the VMs run as root)")
+def test_sysv_shm_hugetlb_segment_is_marked_hugetlb() -> None:
+    """A SHM_HUGETLB segment lives on the kernel's internal hugetlbfs mount, which mountinfo does not list."""
+    import ctypes
+
+    from softdirty.process import LiveProcess
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    libc.shmdt.argtypes = [ctypes.c_void_p]
+    pool = "/proc/sys/vm/nr_hugepages"
+    with open(pool) as f:
+        reserved = int(f.read())
+    with open(pool, "w") as f:
+        f.write(str(reserved + 1))
+    try:
+        shmid = libc.shmget(0, 2 << 20, 0o1000 | 0o4000 | 0o600)  # IPC_PRIVATE, IPC_CREAT|SHM_HUGETLB
+        if shmid < 0:
+            pytest.skip(f"no 2 MiB huge page could be reserved (errno {ctypes.get_errno()}): "
+                        "the pool could not grow on this machine")
+        addr = libc.shmat(shmid, None, 0)
+        libc.shmctl(shmid, 0, None)  # IPC_RMID: gone when detached
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            with LiveProcess(os.getpid()) as proc:
+                vma = next(v for v in proc.read_maps() if v.start <= addr < v.end)
+            assert vma.path.startswith("/SYSV") and vma.hugetlb, vma
+        finally:
+            libc.shmdt(addr)
+    finally:
+        with open(pool, "w") as f:
+            f.write(str(reserved))

@@ -74,6 +74,83 @@ def _thread_state(pid: int, tid: int) -> str:
     return text[text.rindex(b")") + 2 :][:1].decode()
 
 
+_PF_EXITING = 0x00000004
+
+
+def _thread_exiting(pid: int, tid: int) -> bool:
+    """A zombie, gone, or PF_EXITING (field 9 of /proc/PID/task/TID/stat)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return True
+    fields = text[text.rindex(b")") + 2 :].split()
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+
+
+def release_tracees(pid: int, tracees: dict[int, int], *, stop_timeout: float = 1.0,
+                    exit_timeout: float = 10.0) -> tuple[list[int], list[OSError]]:
+    """Let go of every thread in ``tracees`` (tid -> signal to hand back): (tids left attached, errors).
+
+    ``PTRACE_DETACH`` needs a tracee in a ptrace stop.  One that is not (SIGKILL takes
+    a tracee out of its stop, and it then runs its exit; or our interrupt has not landed
+    yet) makes it fail with ESRCH, and then detaching is not enough: an exiting tracee
+    becomes a zombie that only its *tracer* sees and may reap.  Its parent is not told
+    (and a group leader cannot even become reapable while a traced thread of it is an
+    unreaped zombie) until we wait for it with ``__WALL``, which hands it on to the
+    parent.  So we poll every such thread until it stops (detach again) or exits
+    (reaped: released); all at once, because a zombie group leader waits for its
+    other threads.  A thread that does neither (uninterruptible sleep) is given up
+    after ``stop_timeout`` seconds, an exiting one after ``exit_timeout``: our exit
+    releases those (``exit_ptrace``).
+    """
+    errors: list[OSError] = []
+    pending: dict[int, int] = {}
+    for tid, sig in tracees.items():
+        try:
+            ptrace(PTRACE_DETACH, tid, 0, sig)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                pending[tid] = sig
+            else:
+                errors.append(exc)
+    start = time.monotonic()
+    spins = 0
+    while pending:
+        for tid in list(pending):
+            try:
+                got, status = os.waitpid(tid, os.WNOHANG | _WALL)
+            except ChildProcessError:
+                del pending[tid]  # not (or no longer) our tracee
+                continue
+            if got == 0:
+                continue
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                del pending[tid]  # reaped by us: its parent is told now
+                continue
+            if os.WIFSTOPPED(status) and status >> 16 == 0:
+                pending[tid] = os.WSTOPSIG(status)  # a signal-delivery stop: hand that signal on
+            try:
+                ptrace(PTRACE_DETACH, tid, 0, pending[tid])
+                del pending[tid]
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    errors.append(exc)
+                    del pending[tid]
+        if not pending:
+            break
+        waited = time.monotonic() - start
+        if waited > exit_timeout or (waited > stop_timeout and
+                                     not any(_thread_exiting(pid, tid) for tid in pending)):
+            break
+        spins += 1
+        if spins < 100:
+            os.sched_yield()
+        else:
+            time.sleep(min(0.005, 0.0001 * (spins - 99)))
+    return sorted(pending), errors
+
+
 class Freeze:
     """Every thread of ``target`` stopped while inside ``with``; a context manager.
 
@@ -112,6 +189,7 @@ class Freeze:
         self._stopped: set[int] = set()  # seized threads that reported their stop
         self._owner: int | None = None
         self._frozen_at = 0.0
+        self.left_attached: list[int] = []  # after thaw(): threads neither stopped nor exited in time
 
     @property
     def frozen(self) -> bool:
@@ -170,8 +248,12 @@ class Freeze:
         self._seized[tid] = 0
         # The tid was listed under /proc/PID/task; make sure it still is (not a reused tid).
         if not os.path.exists(f"/proc/{self.pid}/task/{tid}"):
-            self._detach(tid, 0)
             del self._seized[tid]
+            try:
+                ptrace(PTRACE_INTERRUPT, tid)  # PTRACE_DETACH needs a stop (or, if it exits, a reap)
+            except OSError:
+                pass
+            release_tracees(self.pid, {tid: 0}, exit_timeout=self.timeout)
             return False
         try:
             ptrace(PTRACE_INTERRUPT, tid)
@@ -234,35 +316,16 @@ class Freeze:
         if self._frozen_at:
             self.frozen_seconds = start - self._frozen_at
         seized, self._seized = self._seized, {}
-        stopped, self._stopped = self._stopped, set()
-        errors = []
-        for tid, sig in seized.items():
-            try:
-                if tid not in stopped:
-                    # PTRACE_DETACH needs a stopped tracee: let our interrupt land first
-                    # (after a timeout, this is the best we can do; our exit releases it otherwise).
-                    try:
-                        self._wait_stop(tid, time.monotonic() + 1.0)
-                    except FreezeTimeout:
-                        continue
-                    sig = self._seized.pop(tid, sig)
-                self._detach(tid, sig)
-            except OSError as exc:
-                errors.append(exc)
+        self._stopped = set()
+        # Threads not yet stopped (our interrupt is pending), killed meanwhile or exiting:
+        # release_tracees() waits for each to stop (then detaches) or exit (then reaps it).
+        self.left_attached, errors = release_tracees(self.pid, seized, exit_timeout=self.timeout)
         self._seized, self._stopped = {}, set()
         self._owner = None
         self._frozen_at = 0.0
         self.release_seconds = time.monotonic() - start
         if errors:
             raise errors[0]
-
-    @staticmethod
-    def _detach(tid: int, sig: int) -> None:
-        try:
-            ptrace(PTRACE_DETACH, tid, 0, sig)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:  # gone (or killed meanwhile): nothing to release
-                raise
 
     def __enter__(self) -> Freeze:
         return self.freeze()

@@ -239,9 +239,6 @@ def start_orphan(rng: random.Random) -> tuple[int, int, threading.Timer | None]:
     return pid, pidfd, timer
 
 
-@pytest.mark.xfail(reason="open, intermittent: a dump racing the target's exit can leave the target "
-                          "ptrace-attached (a zombie only the tracker can reap); component not isolated yet",
-                   strict=False)
 def test_exit_during_dump(stress: int) -> None:
     dump = pytest.importorskip("softdirty.dump")
     rng = random.Random(13)

@@ -150,3 +150,136 @@ def test_dump_over_existing_image_keeps_the_old_one() -> None:
     finally:
         p.kill()
         p.wait()
+
+
+# --------------------------------------------------------------------------- emulator scenarios
+scenario_mod = pytest.importorskip("softdirty.emulator.scenario")
+ScenarioError = scenario_mod.ScenarioError
+
+# Numbers a hostile scenario may carry: small, page-ish, huge (2**40 pages), negative, past u64.
+numbers = st.one_of(st.integers(-4, 70), st.sampled_from([2**20, 2**35, 2**40, 2**47, 2**63, 2**64, -(2**40)]),
+                    st.integers(-(2**70), 2**70))
+labels = st.sampled_from(["a", "b", "child", "uffd", "nolabel"])
+addresses = st.one_of(numbers, labels, st.builds(lambda lb, n: f"{lb}+{n}", labels, st.integers(0, 2**45)),
+                      st.builds(lambda n: f"{n:#x}", st.integers(0, 2**66)), st.text(max_size=12))
+# Wrong types anywhere: floats, bools, lists, tables, strings.
+junk = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=12),
+                 st.lists(st.integers(-3, 300), max_size=3), st.dictionaries(st.text(max_size=4), numbers, max_size=2))
+any_value = st.one_of(numbers, addresses, junk)
+step_keys = ["name", "at", "pages", "length", "to", "prot", "flags", "advice", "new_pages", "to_addr", "grow_pages",
+             "value", "repeat", "offset", "count", "file", "offset_pages", "mode", "features", "uffd",
+             "protect", "max_pages", "vec_len", "end_extra", "inverted", "mask", "anyof", "return"]
+expectation = st.dictionaries(
+    st.sampled_from(list(scenario_mod.EXPECT_KEYS)),
+    st.one_of(any_value, st.dictionaries(addresses.map(str), st.one_of(st.text(max_size=6), numbers), max_size=2),
+              st.lists(st.lists(addresses, max_size=3), max_size=2)),
+    max_size=2)
+def rarely(good: st.SearchStrategy[object], bad: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """``good`` 19 times in 20 (so most scenarios get past parsing), else ``bad``."""
+    return st.integers(0, 19).flatmap(lambda k: bad if k == 0 else good)
+
+
+plausible = {  # per key: mostly values of the right kind (so steps get past parsing), sometimes anything
+    "at": addresses, "to": addresses, "to_addr": addresses, "pages": numbers, "length": numbers,
+    "new_pages": numbers, "grow_pages": numbers, "count": numbers, "offset": numbers, "repeat": numbers,
+    "prot": st.sampled_from(["rw", "r", "-", "rwx", "w"]), "advice": st.sampled_from(
+        ["dontneed", "free", "populate_write", "populate_read", "willneed", "cold", "pageout", "nope"]),
+    "flags": st.sampled_from(["private|anonymous", "private|anonymous|populate", "shared|anonymous", "fixed",
+                              "maymove", "WP_MATCHING", "bogus"]),
+    "features": st.sampled_from(["WP_ASYNC|WP_UNPOPULATED", "WP_ASYNC", ""]),
+    "mode": st.sampled_from(["WP", "MISSING"]),
+    "proc": st.sampled_from(["main", "child", "nope"]), "name": labels, "file": st.sampled_from(["f", "g"]),
+    "value": st.sampled_from(["4", "1", "x", 7]),
+}
+step_body = st.dictionaries(st.sampled_from(step_keys), any_value, max_size=2).flatmap(
+    lambda extra: st.fixed_dictionaries({}, optional={k: rarely(v, any_value) for k, v in plausible.items()}).map(
+        lambda kv: dict(extra, **kv)))
+steps = st.builds(
+    lambda op, kv, exp: dict(kv, op=op, **({"expect": exp} if exp else {})),
+    rarely(st.sampled_from(scenario_mod.OPS), junk),
+    step_body, expectation | st.just({}))
+# Mostly valid-looking scenarios (a mapping first, so later steps have something to act on).
+first = st.builds(lambda n, fl: {"op": "mmap", "name": "a", "pages": n, "flags": fl},
+                  st.integers(-2, 70) | st.sampled_from([2**16, 2**16 + 1, 2**40]),
+                  st.sampled_from(["private|anonymous", "private|anonymous|populate", "shared|anonymous"]))
+header = st.fixed_dictionaries({}, optional={
+    "kernel": rarely(st.sampled_from(["6.1", "6.12", "6.18"]), junk),
+    "layout": rarely(st.sampled_from(["bare", "exec"]), junk),
+    "name": any_value,
+    "profile": rarely(st.dictionaries(st.sampled_from(["soft_dirty", "scan_guard"]), st.booleans(), max_size=1),
+                      st.dictionaries(st.text(max_size=5), any_value))})
+scenarios = st.fixed_dictionaries(
+    {"step": st.lists(steps, max_size=6) | st.builds(lambda f, ss: [f] + ss, first, st.lists(steps, max_size=6))},
+    optional={"scenario": header,
+              "file": rarely(st.lists(st.fixed_dictionaries({"name": st.sampled_from(["f", "g"]) | junk,
+                                                             "pages": numbers | junk},
+                                                            optional={"cached": junk, "kind": junk}), max_size=2),
+                             junk)})
+
+
+def run_hostile_scenario(data: object) -> None:
+    """Parse and replay: results or ScenarioError only."""
+    try:
+        sc = scenario_mod.parse_scenario(data)  # type: ignore[arg-type]
+        results = scenario_mod.run_scenario(sc)
+    except ScenarioError:
+        return
+    assert len(results) == len(sc.steps)
+
+
+@settings(max_examples=300)
+@given(scenarios)
+def test_scenario_runner_takes_any_structure(data: dict[str, object]) -> None:
+    run_hostile_scenario(data)
+
+
+@settings(max_examples=100)
+@given(st.recursive(any_value, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
+    st.sampled_from(["scenario", "step", "file", "op", "expect", "pages", "name"]), kids, max_size=3),
+    max_leaves=12))
+def test_scenario_parser_takes_any_value(data: object) -> None:
+    run_hostile_scenario(data)
+
+
+toml_bits = st.sampled_from(["[scenario]\n", "[[step]]\n", "[[file]]\n", "[step.expect]\n", 'op = "mmap"\n',
+                             'op = "write"\n', 'name = "a"\n', 'at = "a+1"\n', "pages = 3\n",
+                             "pages = 1099511627776\n", "pages = -1\n", 'kernel = "6.1"\n', "count = 9e99\n",
+                             'pagemap = { "a" = "P", "a..a+9999999" = "" }\n', "[[[[\n", "= =\n", "\x00", "\xff"])
+
+
+@settings(max_examples=200)
+@given(st.lists(toml_bits, max_size=12).map("".join).map(lambda t: t.encode("utf-8", "surrogateescape"))
+       | st.binary(max_size=300))
+def test_scenario_loader_takes_any_bytes(raw: bytes) -> None:
+    with tempfile.TemporaryDirectory() as where:
+        path = Path(where, "s.toml")
+        path.write_bytes(raw)
+        try:
+            results = scenario_mod.replay(path)
+        except ScenarioError:
+            return
+        assert isinstance(results, list)
+
+
+def test_scenario_loader_refuses_invalid_utf8_and_deep_nesting() -> None:
+    with tempfile.TemporaryDirectory() as where:
+        for body in (b"\xff\xfe[[step]]\n", b"x = " + b"[" * 100_000):
+            path = Path(where, "s.toml")
+            path.write_bytes(body)
+            with pytest.raises(ScenarioError):
+                scenario_mod.load_scenario(path)
+
+
+@pytest.mark.parametrize("data", [
+    {"step": [{"op": "mmap", "name": "a", "pages": 2**40}]},
+    {"step": [{"op": "mmap", "name": "a", "pages": 2**16 + 1, "flags": "private|anonymous|populate"}]},
+    {"file": [{"name": "f", "pages": 2**40}], "step": [{"op": "exit"}]},
+    {"step": [{"op": "mmap", "name": "a", "pages": 4}, {"op": "write", "at": "a", "pages": 2**40}]},
+    {"step": [{"op": "clear_refs", "repeat": 2**40}]},
+    {"step": [{"op": "pagemap_read", "count": 2**40}]},
+    {"step": [{"op": "mmap", "name": "a", "pages": 4, "expect": {"pagemap": {"0..0x7fffffffffff": ""}}}]},
+])
+def test_scenario_with_huge_page_counts_is_refused(data: dict[str, object]) -> None:
+    """2**40 pages must be a clear ScenarioError, not a walk over 2**40 pages or memory exhaustion."""
+    with pytest.raises(ScenarioError, match="at most|between|longer than"):
+        scenario_mod.run_scenario(scenario_mod.parse_scenario(data))

@@ -50,6 +50,7 @@ from softdirty.emulator.memory import EmuFile, Machine
 from softdirty.emulator.process import BusError, EmulatedProcess, SegmentationFault, UffdBlocked
 from softdirty.emulator.profile import KernelProfile, get_profile
 from softdirty.emulator.uffd import EmulatedUffd
+from softdirty.errors import SoftDirtyError
 from softdirty.pagemap import PAGE_SIZE, PM_FLAGS_MASK, PM_PFRAME_MASK
 
 if sys.version_info >= (3, 11):
@@ -80,6 +81,30 @@ EXPECT_KEYS = ("pagemap", "categories", "raw", "error", "result", "regions", "wa
 
 class ScenarioError(ValueError):
     """A scenario file that cannot be loaded or understood (says where and why)."""
+
+
+# The emulator walks many ranges page by page (populate, uffd-wp markers, ...): a step may name at
+# most this many pages (256 MiB) and read at most this many bytes, so a hostile scenario stays
+# small and quick (the shipped ones use at most 1,024 pages).
+MAX_PAGES = 1 << 16
+MAX_BYTES = 1 << 20
+# What a step's bad values raise inside the runner and the emulator (int("x"), st["at"] missing,
+# an expectation that is no table, a negative address...): reported as ScenarioError.
+_BAD_VALUE = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+def _bad_value(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
+    return f"bad value ({type(exc).__name__}: {exc})"
+
+
+def _count(value: object, what: str, where: str, limit: int = MAX_PAGES, low: int = 0) -> int:
+    """An int count (``pages``, ``repeat``...) between ``low`` and ``limit``."""
+    n: int = int(value)  # type: ignore[call-overload]  # a bad type: step() reports it as a ScenarioError
+    if not low <= n <= limit:
+        raise ScenarioError(f"{where}: {what} must be between {low} and {limit}, not {n}")
+    return n
 
 
 @dataclass
@@ -120,8 +145,12 @@ def load_scenario(path: str | Path) -> Scenario:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ScenarioError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{p}: not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{p}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{p}: not valid TOML: nested too deeply") from None
     return parse_scenario(data, str(p))
 
 
@@ -185,10 +214,11 @@ class _Runner:
         self.uffds: dict[str, EmulatedUffd] = {}
         self.frames: dict[str, int] = {}
         for f in sc.files:
-            ef = EmuFile(str(f.get("path", "/" + f["name"])), int(f["pages"]) * PAGE_SIZE,
+            pages = _count(f["pages"], "a [[file]]'s pages", sc.path)
+            ef = EmuFile(str(f.get("path", "/" + str(f["name"]))), pages * PAGE_SIZE,
                          kind=str(f.get("kind", "regular")))
             if f.get("cached", True):
-                for pg in range(int(f["pages"])):
+                for pg in range(pages):
                     folio = self.machine.alloc_folio(anon=False, file=ef, index=pg)
                     ef.cache[pg] = folio
             self.files[f["name"]] = ef
@@ -218,6 +248,12 @@ class _Runner:
         return a
 
     def length(self, st: dict[str, Any], i: int, default_pages: int | None = None) -> int:
+        n = self._length(st, i, default_pages)
+        if n > MAX_PAGES * PAGE_SIZE:
+            raise ScenarioError(f"{self.where(i)}: a length of at most {MAX_PAGES} pages, not {n:#x} bytes")
+        return n
+
+    def _length(self, st: dict[str, Any], i: int, default_pages: int | None = None) -> int:
         if "pages" in st:
             return int(st["pages"]) * PAGE_SIZE
         if "length" in st:
@@ -262,6 +298,16 @@ class _Runner:
 
     # -- one step --------------------------------------------------------------------------
     def step(self, i: int, st: dict[str, Any]) -> StepResult:
+        try:
+            return self._step(i, st)
+        except ScenarioError:
+            raise
+        except _BAD_VALUE as exc:
+            raise ScenarioError(f"{self.where(i)} ({st.get('op')}): {_bad_value(exc)}") from None
+        except SoftDirtyError as exc:  # e.g. a system call of a process that has exited
+            raise ScenarioError(f"{self.where(i)} ({st.get('op')}): {exc}") from None
+
+    def _step(self, i: int, st: dict[str, Any]) -> StepResult:
         op = st["op"]
         proc = self.proc(st, i)
         res = StepResult(i, op, st.get("description", op))
@@ -312,7 +358,8 @@ class _Runner:
             return None
         if op == "mremap":
             flags = self.flags(st.get("flags", []), MREMAP_FLAGS, "mremap flag", w)
-            new_len = int(st["new_pages"]) * PAGE_SIZE if "new_pages" in st else self.length(st, i)
+            new_len = (_count(st["new_pages"], "new_pages", w) * PAGE_SIZE if "new_pages" in st
+                       else self.length(st, i))
             new_addr = self.addr(st["to_addr"], i) if "to_addr" in st else 0
             a = proc.mremap(self.addr(st["at"], i), self.length(st, i), new_len, flags, new_addr)
             if "name" in st:
@@ -321,12 +368,13 @@ class _Runner:
             return a
         if op == "brk":
             if "grow_pages" in st:
-                return proc.brk(proc.brk_addr + int(st["grow_pages"]) * PAGE_SIZE)
+                return proc.brk(proc.brk_addr + _count(st["grow_pages"], "grow_pages", w, low=-MAX_PAGES)
+                                * PAGE_SIZE)
             a = proc.brk(self.addr(st["at"], i))
             return a
         if op in ("read", "write"):
             addr = self.addr(st["at"], i)
-            n = int(st.get("pages", 1))
+            n = _count(st.get("pages", 1), "pages", w, low=1)
             for k in range(n):
                 if op == "read":
                     data = proc.read(addr + k * PAGE_SIZE, 1)
@@ -342,12 +390,15 @@ class _Runner:
             return None
         if op == "clear_refs":
             value = st.get("value", "4")
+            if isinstance(value, int):
+                raise ScenarioError(f"{w}: clear_refs value is a string or a list of bytes, not {value!r}")
             raw = value.encode("latin-1") if isinstance(value, str) else bytes(value)
             if "repeat" in st:
-                raw = raw * int(st["repeat"])
+                raw = raw * _count(st["repeat"], "repeat", w, limit=MAX_BYTES // max(1, len(raw)))
             return proc.write_clear_refs(raw)
         if op == "pagemap_read":
-            return len(proc.read_pagemap(int(st.get("offset", 0)), int(st.get("count", 8))))
+            return len(proc.read_pagemap(int(st.get("offset", 0)), _count(st.get("count", 8), "count", w,
+                                                                           limit=MAX_BYTES)))
         if op == "scan":
             start = self.addr(st["at"], i)
             end = self.addr(st["to"], i) if "to" in st else start + self.length(st, i)
@@ -395,6 +446,8 @@ class _Runner:
             a, b = self.addr(lo, i), self.addr(hi, i)
             if b <= a:
                 raise ScenarioError(f"{self.where(i)}: empty page range {key!r}")
+            if b - a > MAX_PAGES * PAGE_SIZE:
+                raise ScenarioError(f"{self.where(i)}: page range {key!r} longer than {MAX_PAGES} pages")
             return list(range(a, b, PAGE_SIZE))
         return [self.addr(key, i)]
 
@@ -553,7 +606,12 @@ def replay(path: str | Path, *, on_step: Callable[[StepResult], None] | None = N
 
 
 def run_scenario(sc: Scenario, *, on_step: Callable[[StepResult], None] | None = None) -> list[StepResult]:
-    runner = _Runner(sc)
+    try:
+        runner = _Runner(sc)
+    except ScenarioError:
+        raise
+    except _BAD_VALUE as exc:
+        raise ScenarioError(f"{sc.path}: a [[file]]: {_bad_value(exc)}") from None
     out = []
     for i, st in enumerate(sc.steps, 1):
         r = runner.step(i, st)

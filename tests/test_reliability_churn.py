@@ -41,10 +41,7 @@ def drain(fd: int, buf: bytearray) -> list[tuple[int, int, int, int]]:
 
 @pytest.mark.uffd_wp_async
 @pytest.mark.parametrize("ops", [
-    pytest.param("all", marks=pytest.mark.xfail(
-        reason="open bug (softdirty/backends/uffd.py _pass): registering with VMA bounds from a stale maps "
-               "read splits a VMA that grew in place, and the target's next mremap of it fails with EFAULT",
-        strict=False)),
+    "all",
     "nomremap",
 ])
 def test_churn_harvests_cover_every_logged_write(ops: str, stress: int) -> None:
@@ -128,4 +125,8 @@ def test_churn_harvests_cover_every_logged_write(ops: str, stress: int) -> None:
     print(f"[reliability] churn (uffd, {ops}): targets broken by tracking={len(broke)}")
     assert not broke, broke
     assert checked > 500  # the log really was checked
+    if lost and ops == "all":
+        # Everything above is asserted; this one defect stays open and visible.
+        pytest.xfail(f"open, rare: {lost} of {checked} logged writes missing from the harvests they belong "
+                     "to, with mremap in the churn (about 1 in 200,000 under --stress); not yet explained")
     assert lost == 0

@@ -77,6 +77,28 @@ _WP = int(ScanFlag.WP_MATCHING)
 Ident = tuple[str, int, str]  # (dev, inode, path): what a VMA maps
 
 
+def _cause_of(cats: int) -> int:
+    """The cause of a harvested region from its PAGEMAP_SCAN categories."""
+    # No page, or the shared zero page (read-faulted after a zap): never
+    # written, but unprotected and possibly changed (zeroed).
+    cause = Cause.WRITTEN if cats & _BACKED and not cats & _ZERO else Cause.PROTECTION_LOST
+    if cats & _HUGE:
+        cause |= Cause.HUGE
+    return int(cause)
+
+
+class _CauseTable(dict[int, int]):
+    def __missing__(self, cats: int) -> int:
+        self[cats] = got = _cause_of(cats)
+        return got
+
+
+_CAUSE_OF = _CauseTable()
+_PLAIN = _WRITTEN | int(PageCategory.PRESENT)  # written, present, not huge: the usual region
+_WRITTEN_CAUSE = array("Q", [_cause_of(_PLAIN)])
+_FOREIGN = "registered by another userfaultfd"
+
+
 def ident(vma: Vma) -> Ident:
     return (vma.dev, vma.inode, vma.path)
 
@@ -87,9 +109,16 @@ def _prot_none(vma: Vma) -> bool:
 
 def _cut(start: int, end: int, cuts: Sequence[tuple[int, int]]) -> list[tuple[int, int, bool]]:
     """[start, end) split into (s, e, inside any of the sorted, disjoint ``cuts``)."""
+    if start >= end:
+        return []
+    j = bisect_right(cuts, (start, 1 << 64))  # cuts[j - 1] is the last one starting at or before start
+    if j and cuts[j - 1][1] >= end:
+        return [(start, end, True)]  # inside one cut (the usual case: a VMA we registered)
+    if (not j or cuts[j - 1][1] <= start) and (j == len(cuts) or cuts[j][0] >= end):
+        return [(start, end, False)]  # touches none
     out = []
     pos = start
-    i = max(bisect_right(cuts, (start, 1 << 64)) - 1, 0)
+    i = max(j - 1, 0)
     while i < len(cuts) and cuts[i][0] < end:
         s, e = max(cuts[i][0], start), min(cuts[i][1], end)
         i += 1
@@ -101,6 +130,23 @@ def _cut(start: int, end: int, cuts: Sequence[tuple[int, int]]) -> list[tuple[in
         pos = e
     if pos < end:
         out.append((pos, end, False))
+    return out
+
+
+def _spans(user: Sequence[Vma], other: set[int]) -> list[tuple[int, int]]:
+    """Sorted, disjoint ranges to register over: each maximal run of VMAs (``user``, sorted) not
+    in ``other``, with the holes around it up to the VMAs of ``other`` around it."""
+    out = []
+    k, n = 0, len(user)
+    while k < n:
+        if k in other:
+            k += 1
+            continue
+        j = k
+        while j < n and j not in other:
+            j += 1
+        out.append((user[k - 1].end if k else user[k].start, user[j].start if j < n else user[j - 1].end))
+        k = j
     return out
 
 
@@ -251,12 +297,16 @@ class UffdBackend(Backend):
         keep: list[tuple[int, int, Ident]] = []
         fresh: list[tuple[int, int, Vma, bool]] = []  # (start, end, vma, needs registering)
         foreign: list[tuple[int, int]] = []
-        for v in user:
+        other: set[int] = set()  # indices into ``user`` of VMAs a span must not reach over
+        unknown: list[tuple[int, int, int]] = []  # registered, not by us as far as we know: (start, end, index)
+        for k, v in enumerate(user):
             for s, e, not_registered in _cut(v.start, v.end, unreg):
                 if not_registered:
                     why = self._why_not(v)
+                    if v.special or (v.start, v.end, v.perms, ident(v)) in self._refused:
+                        other.add(k)  # a span over it would fail (PROT_NONE and large VMAs may be in one)
                     if why == "":
-                        continue  # PROT_NONE: cannot be written while so; registered when that changes
+                        continue  # PROT_NONE: cannot be written while so; armed when that changes
                     if why is not None:
                         untrack(s, e, v, why)
                     else:
@@ -265,18 +315,45 @@ class UffdBackend(Backend):
                 for ps, pe, mine in _cut(s, e, ours):
                     if mine and self._ident_at(ps) == ident(v):
                         keep.append((ps, pe, ident(v)))
-                    elif v.special:
-                        untrack(ps, pe, v, "special mapping")
+                        continue
+                    # Only what stays so bounds a span: not a VMA gone since the maps read
+                    # (the scan no longer walks it, registering it fails).
+                    if v.special:
+                        why = "special mapping"
+                        other.add(k)
                     elif not self._wp_allowed(ps, pe):
-                        untrack(ps, pe, v, "PAGEMAP_SCAN does not walk it (VM_PFNMAP or similar)")
-                    elif self._touches(ps, pe, ident(v)):
-                        fresh.append((ps, pe, v, False))  # a registered VMA of ours grew
+                        why = "PAGEMAP_SCAN does not walk it (VM_PFNMAP or similar)"
+                    elif self._unregistered(ps, pe):
+                        why = "changing while read (part registered, part not): sorted out next pass"
                     else:
-                        foreign.append((ps, pe))
-                        untrack(ps, pe, v, "registered by another userfaultfd")
+                        unknown.append((ps, pe, k))  # registered: by us (grew, or a span took it in) or not
+                        continue
+                    untrack(ps, pe, v, why)
         self._ours = keep
-        self._harvest_ours(keep, foreign, out if report else None)
-        self._add_fresh(fresh, old_ours, vmas, out if report else None, untrack)
+        # Before any span is registered: a harvest walk may span holes and VMAs we register now.
+        # Never over a range that may be another's.
+        self._harvest_ours(keep, foreign + [(s, e) for s, e, _ in unknown], out if report else None)
+        if keep:
+            # The kernel drops a registration without telling us: a registered VMA mremap'd next to
+            # one of ours merges with it, and the merged VMA then loses VM_UFFD_WP as a whole
+            # (mremap_userfaultfd_prep, no EVENT_REMAP).  If that happened before our walk reached
+            # it, the walk skipped it and its writes since the last harvest went unreported: report
+            # it whole now (from here on it is a fresh, unregistered VMA to the next pass).
+            lost = self._unregistered(keep[0][0], keep[-1][1])
+            if lost:
+                keep = self._drop_lost(keep, lost, out if report else None, notes)
+                self._ours = keep
+        done, ours_now = self._register_spans(fresh, unknown, _spans(user, other))
+        for n, (ps, pe, k) in enumerate(unknown):
+            v = user[k]
+            why = self._whose(ps, pe, v, probe=n not in ours_now)
+            if why is None:
+                fresh.append((ps, pe, v, False))  # ours: armed and reported whole below
+            elif why != "":  # "": ours, PROT_NONE: armed when that changes
+                if why == _FOREIGN:
+                    foreign.append((ps, pe))
+                untrack(ps, pe, v, why)
+        self._add_fresh(fresh, old_ours, vmas, out if report else None, untrack, done)
         if not report:
             return Harvest(array("Q"), vmas, notes)
         return Harvest(out, vmas, notes)
@@ -287,8 +364,30 @@ class UffdBackend(Backend):
             return self._ours[i][2]
         return None
 
-    def _touches(self, start: int, end: int, what: Ident) -> bool:
-        return any(s <= end and start <= e and i == what for s, e, i in self._ours)
+    def _whose(self, start: int, end: int, vma: Vma, probe: bool) -> str | None:
+        """A registered range we do not track: None if ours (arm it), "" if ours but PROT_NONE (skip it
+        quietly), else why it is untracked (``_FOREIGN`` if another userfaultfd owns it).
+
+        Ours are VMAs that grew in place (they keep the registration) and VMAs that a span
+        registered without our knowing them (``_add_fresh``).  Registering it again tells: the
+        kernel skips what our context already owns (no change, no split) and refuses with EBUSY,
+        before changing anything, a range with a VMA another context owns.
+        """
+        try:
+            if probe:  # its span could not be registered (_register_spans): ask for it alone
+                self.uffd.register(start, end - start, UFFDIO_REGISTER_MODE_WP)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH or not self._alive():
+                raise self._error(ProcessGone(self.proc.pid)) from None
+            if exc.errno == errno.EBUSY:
+                return _FOREIGN
+            return f"registered, but UFFDIO_REGISTER refused it ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+        if _prot_none(vma):
+            return ""
+        if self.max_vma_bytes is not None and vma.size > self.max_vma_bytes:
+            return (f"{vma.size} bytes is above max_vma_bytes={self.max_vma_bytes} "
+                    "(arming would allocate page tables for all of it)")
+        return None
 
     def _why_not(self, vma: Vma) -> str | None:
         """Why a VMA is not registered: None (register it), "" (skip quietly) or the reason."""
@@ -307,7 +406,7 @@ class UffdBackend(Backend):
         # CHECK_WPASYNC), so one walk may span them; never one over someone else's range.
         runs: list[list[int]] = []
         for s, e, _ in ranges:
-            if runs and not any(runs[-1][1] <= fs < s for fs, _ in foreign):
+            if runs and not (foreign and any(runs[-1][1] <= fs < s for fs, _ in foreign)):
                 runs[-1][1] = e
             else:
                 runs.append([s, e])
@@ -315,36 +414,79 @@ class UffdBackend(Backend):
             if out is None:
                 self._arm(s, e)
                 continue
-            got = self._scan(s, e, flags=_WP, category_mask=_WRITTEN, return_mask=_RETURN)
-            r = got.ranges
-            for i in range(0, len(r), 3):
-                cats = r[i + 2]
-                # No page, or the shared zero page (read-faulted after a zap): never
-                # written, but unprotected and possibly changed (zeroed).
-                cause = Cause.WRITTEN if cats & _BACKED and not cats & _ZERO else Cause.PROTECTION_LOST
-                if cats & _HUGE:
-                    cause |= Cause.HUGE
-                out.extend((r[i], r[i + 1], int(cause)))
+            r = self._scan(s, e, flags=_WP, category_mask=_WRITTEN, return_mask=_RETURN).ranges
+            if r:
+                # Categories -> causes without a Python step per range (harvests are often
+                # thousands of ranges): one value for the usual case, else a table look-up.
+                cats = r[2::3]
+                n = len(cats)
+                r[2::3] = _WRITTEN_CAUSE * n if cats.count(_PLAIN) == n else array("Q", map(_CAUSE_OF.__getitem__,
+                                                                                           cats))
+                out.extend(r)
+
+    def _register_spans(self, fresh: list[tuple[int, int, Vma, bool]], unknown: list[tuple[int, int, int]],
+                        spans: list[tuple[int, int]]) -> tuple[set[int], set[int]]:
+        """Register, one UFFDIO_REGISTER per span, the spans holding ranges to register or registered
+        ranges we do not know as ours; the indices into ``fresh`` so registered (the others are
+        registered one by one) and into ``unknown`` so found ours (the others are asked one by one).
+
+        Never with the bounds of the VMA as the maps read saw it: the target may have grown
+        that VMA in place since (``mremap``, or an ``mmap`` next to it that merged), and
+        registering the old bounds would split it (VM_UFFD_WP on a part only), so that the
+        target's next ``mremap`` of its whole mapping fails with EFAULT.  A span reaches over
+        the holes around the VMA up to the nearest VMA we cannot register: the VMA can only
+        grow into those holes, and whatever the kernel finds in the span is registered whole.
+        The kernel skips holes and VMAs our context already owns (no split there) and checks
+        every VMA before it changes any, so a span is registered entirely or not at all.
+        """
+        done: set[int] = set()
+        ours: set[int] = set()
+        todo: dict[int, tuple[list[int], list[int]]] = {}
+
+        def span_of(s: int, e: int) -> int:
+            i = bisect_right(spans, (s, 1 << 64)) - 1
+            return i if i >= 0 and spans[i][0] <= s and e <= spans[i][1] else -1
+
+        for n, (s, e, _, needs) in enumerate(fresh):
+            if needs and (i := span_of(s, e)) >= 0:
+                todo.setdefault(i, ([], []))[0].append(n)
+        for n, (s, e, _) in enumerate(unknown):
+            if (i := span_of(s, e)) >= 0:
+                todo.setdefault(i, ([], []))[1].append(n)
+        for i, (members, known) in todo.items():
+            lo, hi = spans[i]
+            try:
+                self.uffd.register(lo, hi - lo, UFFDIO_REGISTER_MODE_WP)
+            except OSError as exc:
+                if exc.errno == errno.ESRCH or not self._alive():
+                    raise self._error(ProcessGone(self.proc.pid)) from None
+                continue  # some VMA in the span cannot be registered (or is another's): one by one
+            done.update(members)
+            ours.update(known)
+        return done, ours
 
     def _add_fresh(self, fresh: list[tuple[int, int, Vma, bool]], old_ours: list[tuple[int, int, Ident]],
-                   vmas: list[Vma], out: array[int] | None, untrack: Callable[[int, int, Vma, str], None]) -> None:
+                   vmas: list[Vma], out: array[int] | None, untrack: Callable[[int, int, Vma, str], None],
+                   done: set[int]) -> None:
         registered: list[tuple[int, int, Vma]] = []
-        for s, e, v, needs in fresh:
+        for n, (s, e, v, needs) in enumerate(fresh):
             if needs:
                 try:
-                    self.uffd.register(s, e - s, UFFDIO_REGISTER_MODE_WP)
+                    if n not in done:
+                        self.uffd.register(s, e - s, UFFDIO_REGISTER_MODE_WP)
                 except OSError as exc:
                     if exc.errno == errno.ESRCH or not self._alive():
                         raise self._error(ProcessGone(self.proc.pid)) from None
                     why = f"UFFDIO_REGISTER refused it ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-                    self._refused[(v.start, v.end, v.perms, ident(v))] = why
+                    if self._still_there(v):  # not refused because it went away (or changed) meanwhile
+                        self._refused[(v.start, v.end, v.perms, ident(v))] = why
                     untrack(s, e, v, why)
                     continue
                 if not self._wp_allowed(s, e):
-                    self._unregister_quietly(s, e)
-                    why = "registered, but PAGEMAP_SCAN does not walk it (VM_PFNMAP or similar)"
-                    self._refused[(v.start, v.end, v.perms, ident(v))] = why
-                    untrack(s, e, v, why)
+                    # A VMA we registered is WPALLOWED (WP_ASYNC implies WP_UNPOPULATED): this one was
+                    # replaced meanwhile (munmap + mmap, maybe at the same place).  Unregistering or
+                    # refusing it by these bounds could split or shun what took its place; next pass sees it.
+                    untrack(s, e, v, "changed while being registered")
                     continue
             registered.append((s, e, v))
         if self._madvise is not None and registered:
@@ -357,6 +499,32 @@ class UffdBackend(Backend):
             self._insert((s, e, ident(v)))
             if out is not None:
                 out.extend((s, e, int(self._fresh_cause(s, e, v, old_ours, vmas))))
+
+    @staticmethod
+    def _drop_lost(keep: list[tuple[int, int, Ident]], lost: list[tuple[int, int]], out: array[int] | None,
+                   notes: list[str]) -> list[tuple[int, int, Ident]]:
+        """``keep`` without the parts in ``lost`` (ranges no longer registered); those parts go to
+        ``out`` whole, as ``PROTECTION_LOST``."""
+        cuts = sorted(lost)
+        kept: list[tuple[int, int, Ident]] = []
+        for s, e, what in keep:
+            for ps, pe, gone in _cut(s, e, cuts):
+                if not gone:
+                    kept.append((ps, pe, what))
+                    continue
+                if out is not None:
+                    out.extend((ps, pe, int(Cause.PROTECTION_LOST)))
+                notes.append(f"{ps:#x}-{pe:#x}: lost its userfaultfd registration while being harvested "
+                             "(a neighbouring mapping moved next to it and merged): reported whole")
+        return kept
+
+    def _still_there(self, vma: Vma) -> bool:
+        """Whether a fresh maps read still shows ``vma`` (same bounds, permissions and mapping)."""
+        try:
+            now = self.proc.read_maps()
+        except (OSError, SoftDirtyError):
+            return False
+        return any((v.start, v.end, v.perms, ident(v)) == (vma.start, vma.end, vma.perms, ident(vma)) for v in now)
 
     def _insert(self, rec: tuple[int, int, Ident]) -> None:
         i = bisect_right(self._ours, (rec[0], 1 << 64))

@@ -590,20 +590,57 @@ def merge_spans(spans: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, i
     return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
 
+class Arena:
+    """Memory faulted in ahead of the last round, so that the frozen window holds only the reads.
+
+    The last round keeps what it reads until the target is let go.  Read into
+    a buffer reused per batch it needs a second copy of everything it keeps;
+    read into fresh memory, it pays a page fault per page: either way the
+    target stays frozen longer than a plain stop-and-copy (4x at 1 GiB).
+    ``Arena(expected)`` touches ``expected`` bytes beforehand; :meth:`take`
+    hands out pieces of it (and fresh memory past it).
+    """
+
+    def __init__(self, expected: int) -> None:
+        self._chunks: list[memoryview] = []
+        self._free: memoryview = memoryview(bytearray(0))
+        left = max(0, expected)
+        while left > 0:
+            n = min(CHUNK, -(-left // PAGE_SIZE) * PAGE_SIZE)
+            chunk = bytearray(n)
+            chunk[::PAGE_SIZE] = b"\x01" * (n // PAGE_SIZE)  # fault every page in now, not while frozen
+            self._chunks.append(memoryview(chunk))
+            left -= n
+
+    def take(self, size: int) -> memoryview:
+        while len(self._free) < size:
+            if not self._chunks:
+                return memoryview(bytearray(size))
+            self._free = self._chunks.pop()
+        piece, self._free = self._free[:size], self._free[size:]
+        return piece
+
+
 def copy_spans(pid: int, spans: Sequence[tuple[int, int, int]], sink: Callable[[int, int, int, memoryview], None],
-               progress: Callable[[int], None] | None = None) -> list[tuple[int, int]]:
+               progress: Callable[[int], None] | None = None, arena: Arena | None = None) -> list[tuple[int, int]]:
     """Read ``spans`` of ``pid`` in batches; ``sink(start, end, flags, data)`` per readable piece.
 
-    Overlapping spans are read once.  Returns the unreadable ranges.
+    Overlapping spans are read once.  Returns the unreadable ranges.  Without
+    ``arena`` one buffer is reused (``data`` is valid during the call only);
+    with one, every batch is read into memory taken from it, and ``data``
+    stays valid for the sink to keep.
     """
     spans = merge_spans(spans)
     bad_all: list[tuple[int, int]] = []
-    buf = bytearray(min(CHUNK, max((e - s for s, e, _ in spans), default=0)) or 0)
+    buf = bytearray(0 if arena is not None else min(CHUNK, max((e - s for s, e, _ in spans), default=0)))
     for batch in _batches(spans):
         size = sum(e - s for s, e, _ in batch)
-        if len(buf) < size:
-            buf = bytearray(size)
-        view = memoryview(buf)
+        if arena is not None:
+            view = arena.take(size)
+        else:
+            if len(buf) < size:
+                buf = bytearray(size)
+            view = memoryview(buf)
         bad = vmio.read_into(pid, [(s, e) for s, e, _ in batch], view)
         bad_all.extend(bad)
         off = 0
@@ -811,7 +848,8 @@ def dump(target: int | LiveProcess, directory: str | os.PathLike[str], *, backen
             sc_bytes: int | None = None
             if compare:
                 sc_seconds, sc_bytes = stop_and_copy(proc)
-            final, freeze_kept = _final_round(d, tracker, len(rounds), leave, layout)
+            last_dirty = rounds[-1].bytes_copied if rounds[-1].kind == "dirty" else 0
+            final, freeze_kept = _final_round(d, tracker, len(rounds), leave, layout, last_dirty)
             rounds.append(final)
             vmas = d.final_vmas
             total = sum(r.bytes_copied for r in rounds)
@@ -845,14 +883,17 @@ def dump(target: int | LiveProcess, directory: str | os.PathLike[str], *, backen
 
 
 def _final_round(d: _Dumper, tracker: Tracker, number: int, leave: str,
-                 layout: Sequence[Vma]) -> tuple[RoundReport, Freeze | None]:
+                 layout: Sequence[Vma], expected_bytes: int = 0) -> tuple[RoundReport, Freeze | None]:
     """Stop the target, copy what is left into memory, let it go, then write."""
-    t0 = time.monotonic()
-    pieces: list[tuple[int, int, int, bytes]] = []
+    pieces: list[tuple[int, int, int, memoryview]] = []
 
     def keep(s: int, e: int, f: int, data: memoryview) -> None:
-        pieces.append((s, e, f, bytes(data)))
+        pieces.append((s, e, f, data))  # a piece of the arena: no second copy
 
+    # Expect about what the last dirty round copied, and a quarter more (at most 256 MiB more:
+    # the round grows when pre-copy does not converge), faulted in before the freeze.
+    arena = Arena(expected_bytes + min(expected_bytes // 4, 256 << 20))
+    t0 = time.monotonic()
     freeze = Freeze(d.proc)
     freeze.freeze()
     try:
@@ -872,7 +913,7 @@ def _final_round(d: _Dumper, tracker: Tracker, number: int, leave: str,
                 # A page mapped but not ours alone (the zero page after a zap, or COW-shared after fork)
                 # may hold content no write of ours produced: copy it.
                 spans += [(s, e, 0) for s, e in not_ours_alone]
-        bad = copy_spans(d.proc.pid, spans, keep)
+        bad = copy_spans(d.proc.pid, spans, keep, arena=arena)
         for s, e, _ in _clip([(r.start, r.end, int(r.flags)) for r in dirty], vmas, _unreadable_now):
             d.skipped.append({"vaddr": s, "nr_pages": (e - s) // PAGE_SIZE, "round": number,
                               "reason": "written, but not readable when the process was stopped (PROT_NONE)"})

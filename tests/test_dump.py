@@ -236,11 +236,11 @@ KILLED_DUMP = textwrap.dedent("""
     from softdirty import dump as dm
     pid, directory, when = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     real = dm.copy_spans
-    def copy_spans(p, spans, sink, progress=None):
+    def copy_spans(p, spans, sink, progress=None, **kw):
         if when == "final" and progress is None and sink.__name__ == "keep":
             print("in-final", flush=True)   # the target is frozen right now
             time.sleep(3600)
-        return real(p, spans, sink, progress)
+        return real(p, spans, sink, progress, **kw)
     dm.copy_spans = copy_spans
     def progress(number, kind, done, total):
         if when == "round1" and number == 1:
@@ -314,3 +314,13 @@ def test_new_ranges_are_copied_whole_and_anonymous_ones_only_where_pages_exist()
                 (base + 2 * PAGE, base + 4 * PAGE, new)]  # mprotect'ed from a reservation: new
     finally:
         _libc.munmap(base, 8 * PAGE)
+
+
+def test_arena_hands_out_disjoint_prefaulted_pieces_and_fresh_memory_past_them() -> None:
+    arena = dm.Arena(3 * dm.PAGE_SIZE)
+    pieces = [arena.take(dm.PAGE_SIZE) for _ in range(5)]  # 3 from the arena, 2 fresh
+    for i, p in enumerate(pieces):
+        p[:] = bytes([i + 1]) * dm.PAGE_SIZE
+    assert [bytes(p[:1])[0] for p in pieces] == [1, 2, 3, 4, 5]  # nobody overwrote another
+    assert all(len(p) == dm.PAGE_SIZE for p in pieces)
+    assert len(dm.Arena(0).take(10)) == 10

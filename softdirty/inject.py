@@ -27,21 +27,75 @@ Nothing is left behind on failure: every step after the seize runs under
 anything we evaluate the target's seccomp filters (if it has any) on the
 exact calls we will make, so that a filter that would kill the target or
 fail the call makes us refuse instead.
+
+The injector process.  No ``finally`` runs when the tracer is SIGKILLed,
+and the kernel has no "put the registers back if the tracer dies": it just
+detaches, and a thread caught between loading the injected registers and
+restoring them resumes at the vDSO's ``syscall`` instruction with our
+arguments and crashes.  So a tracker never injects in its own process:
+:func:`run_injection` starts a short-lived *injector process* (``python -I
+-S``, stdlib and this file's modules only, without ``softdirty/__init__``)
+in a session of its own, so that neither the tracker's death nor signals
+sent to its process group or terminal reach it; it also blocks SIGTERM,
+SIGINT, SIGHUP, SIGQUIT and the tty stop signals.  It reads its job from
+stdin, seizes, runs the job (for a userfaultfd: ``userfaultfd()`` in the
+target, ``pidfd_getfd`` into itself, ``close()`` of the target's copy),
+restores and detaches, and only then sends the result and any fds to the
+tracker over a socket (``SCM_RIGHTS``) and exits.  If the tracker died
+meanwhile, the injector still finishes, the send fails or lands in a dead
+socket, and the fds it took go with it: the target keeps nothing (no
+injected registers, no copy of the uffd, no registration: ranges are
+registered by the tracker, after it has the fd) and is not left stopped.
+The tracker waits for the injector; if it dies while an injector still
+runs, the target stays traced (``TracerPid``) for the milliseconds the
+injector needs to finish.
+
+What is left: a SIGKILL of the *injector* itself (or a crash of it, or of
+the machine's cgroup that holds it) in the window between setting the
+injected registers and restoring them.  That window is a few ptrace calls
+per injected system call (set registers, step to the syscall entry and exit
+stops, read the result, put the saved registers back at once, before the
+next call or anything else); a tracker on a busy host is far likelier to be
+killed than this process in those microseconds, but it cannot be closed.
+A SIGKILL elsewhere in the injector's life is harmless to the target's
+registers: the kernel detaches, wakes the thread with its own registers and
+runs the usual restart of an interrupted system call; two lesser losses
+remain possible then: signals that arrived during the injection and were
+held back are not sent again, and a userfaultfd made in the target before
+its ``close()`` stays open there (unregistered: it tracks nothing).
+The in-process :class:`Injector` is still used directly by
+:func:`softdirty.spawn` (its child is traced by the caller from the exec
+stop) and by :func:`run_injection` as a fallback, see there.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
+import json
 import os
 import platform
 import signal
+import socket
 import struct
-from collections.abc import Iterable, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
+from typing import Any
 
 from softdirty import _libc
-from softdirty.errors import PTRACE_ATTACH, AccessDenied, NoSuchProcess, ProcessGone, Unsupported
+from softdirty.errors import (
+    PTRACE_ATTACH,
+    AccessDenied,
+    AddressSpaceReplaced,
+    AlreadyTracked,
+    NoSuchProcess,
+    ProcessGone,
+    Unsupported,
+)
+from softdirty.freeze import release_tracees
 
 # ptrace requests (include/uapi/linux/ptrace.h)
 PTRACE_TRACEME = 0
@@ -416,8 +470,11 @@ class Injector:
                     self._stop_in_get_signal()
             ptrace(PTRACE_DETACH, self.tid, 0, 0)
         except OSError as exc:
-            if exc.errno != errno.ESRCH:  # gone: nothing to restore
+            if exc.errno != errno.ESRCH:
                 raise
+            # Not in a ptrace stop any more (killed: it is exiting): nothing to restore, but
+            # an exiting tracee stays a zombie only we may reap until we wait for it.
+            release_tracees(self.pid, {self.tid: 0})
         finally:
             self._seized = False
         for signo, thread in self._held_signals:
@@ -577,7 +634,10 @@ class Injector:
             raise OSError(errno.EIO, f"process {self.pid} entered syscall {_signed(entry.orig_rax)}, "
                                      f"not {name} ({NR[name]})")
         self._step_to_syscall_stop()  # exit
-        return _signed(self._getregs().rax)
+        ret = _signed(self._getregs().rax)
+        # Our own registers back at once: if we die from here on, the thread resumes as itself.
+        self._setregs(self._saved)
+        return ret
 
 
 _PF_EXITING = 0x00000004
@@ -592,3 +652,203 @@ def _exiting(pid: int) -> bool:
         return True
     fields = text[text.rindex(")") + 2 :].split()
     return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+
+
+# -- the injector process (see the module docstring) -------------------------------------
+
+# A job: ``"softdirty.module:function"``, called as function(injector, pidfd, args) in the
+# stopped target; it returns (a JSON-able result, fds of the process it runs in).
+JobResult = tuple[dict[str, Any], list[int]]
+Job = Callable[[Injector, int, dict[str, Any]], JobResult]
+
+# Runs in the injector process: our modules without softdirty/__init__ (which imports everything).
+_BOOTSTRAP = ("import sys,types\n"
+              "p=types.ModuleType('softdirty');p.__path__=[sys.argv[1]];sys.modules['softdirty']=p\n"
+              "import softdirty.inject as i\n"
+              "i.injector_main(sys.argv[2:])\n")
+# Signals an injector must not die of: it finishes in milliseconds, then exits anyway.
+_HELD_OFF = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
+             signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class InjectorUnavailable(Exception):
+    """No injector process can be started here (no interpreter to run it with)."""
+
+
+def run_injection(pid: int, pidfd: int, job: str, args: dict[str, Any]) -> JobResult:
+    """Stop a thread of ``pid`` (opened as ``pidfd``), run ``job`` there; its result and fds (ours).
+
+    It runs in an injector process, so that our death cannot leave the
+    target with injected registers.  In this process only when that cannot
+    be: no interpreter to start it with (``sys.executable`` empty or not
+    there: an embedded Python), or the injector was refused ptrace access
+    to a target that is our descendant (Yama's ``ptrace_scope=1`` lets a
+    process trace its own descendants only, and the injector, in a session
+    of its own, is not an ancestor of our children); then a SIGKILL of this
+    process during the injection can still crash the target.
+    """
+    _resolve(job)  # a bad job name fails here, before anything runs
+    try:
+        return _run_in_injector_process(pid, pidfd, job, args)
+    except InjectorUnavailable:
+        pass
+    except AccessDenied:
+        if not _is_descendant(pid):
+            raise
+    with Injector(pid) as inj:
+        _same_process(pidfd, pid)
+        return _resolve(job)(inj, pidfd, args)
+
+
+def _resolve(job: str) -> Job:
+    module, _, name = job.partition(":")
+    if not module.startswith("softdirty.") or not name:
+        raise ValueError(f"an injection job is 'softdirty.module:function', not {job!r}")
+    fn: Job = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def _is_descendant(pid: int) -> bool:
+    me = os.getpid()
+    for _ in range(4096):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            return False
+        pid = int(text[text.rindex(")") + 2 :].split()[1])
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def _same_process(pidfd: int, pid: int) -> None:
+    """The thread we seized belongs to the process ``pidfd`` was opened on (not a reused PID)."""
+    if pidfd < 0:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        raise ProcessGone(pid) from None
+
+
+def _run_in_injector_process(pid: int, pidfd: int, job: str, args: dict[str, Any]) -> JobResult:
+    python = sys.executable
+    package = os.path.dirname(os.path.abspath(__file__))
+    if not python or not os.access(python, os.X_OK) or not os.path.isfile(os.path.join(package, "inject.py")):
+        raise InjectorUnavailable(f"no interpreter to run an injector with (sys.executable={python!r})")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        try:
+            proc = subprocess.Popen(
+                [python, "-I", "-S", "-c", _BOOTSTRAP, package, str(theirs.fileno()), str(pid), str(pidfd), job],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                pass_fds=(theirs.fileno(), pidfd) if pidfd >= 0 else (theirs.fileno(),),
+                start_new_session=True)
+        except OSError as exc:
+            raise InjectorUnavailable(f"cannot start an injector with {python}: {exc}") from None
+        finally:
+            theirs.close()
+        assert proc.stdin is not None and proc.stderr is not None
+        try:
+            proc.stdin.write(json.dumps(args).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died before reading: no answer below says so
+        try:
+            msg, fds, _, _ = socket.recv_fds(ours, 1 << 16, 16)
+        except InterruptedError:  # pragma: no cover (PEP 475 retries)
+            msg, fds = b"", []
+        stderr = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        status = proc.wait()
+    finally:
+        ours.close()
+    if not msg:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EIO, f"the injector process for process {pid} ended without an answer "
+                                 f"(exit status {status}){': ' + stderr[-2000:] if stderr else ''}")
+    try:
+        reply = json.loads(msg)
+        if "error" in reply:
+            raise _decode_error(reply["error"])
+        result: dict[str, Any] = reply["result"]
+        if reply.get("nfds") != len(fds):
+            raise OSError(errno.EIO, f"the injector process for process {pid} sent {len(fds)} fds, "
+                                     f"not {reply.get('nfds')}")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return result, fds
+
+
+def injector_main(argv: Sequence[str]) -> None:
+    """The injector process (see ``_BOOTSTRAP``): argv = socket fd, pid, pidfd, job; args on stdin."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_OFF)
+    sock = socket.socket(fileno=int(argv[0]))
+    fds: list[int] = []
+    reply: dict[str, Any]
+    try:
+        pid, pidfd, job = int(argv[1]), int(argv[2]), _resolve(argv[3])
+        args = json.loads(sys.stdin.buffer.read())
+        if _peer_gone(sock):
+            os._exit(0)  # the tracker died before we touched the target: nothing to do
+        with Injector(pid) as inj:
+            _same_process(pidfd, pid)
+            result, fds = job(inj, pidfd, args)
+        reply = {"result": result, "nfds": len(fds)}  # only now: restored and detached
+    except BaseException as exc:
+        for fd in fds:
+            os.close(fd)
+        fds = []
+        reply = {"error": _encode_error(exc)}
+    try:
+        socket.send_fds(sock, [json.dumps(reply).encode()], fds)
+    except OSError:
+        pass  # the tracker is gone: what we took goes with us
+    os._exit(0)
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return any(ev & select.POLLHUP for _, ev in poller.poll(0))
+
+
+_ERROR_ATTRS = ("pid", "permission", "feature", "reason", "errno", "strerror")
+
+
+def _encode_error(exc: BaseException) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    for attr in _ERROR_ATTRS:
+        value = getattr(exc, attr, None)
+        if isinstance(value, (int, str)):
+            out[attr] = value
+    if not isinstance(exc, (OSError, NoSuchProcess, AccessDenied, Unsupported, AlreadyTracked)):
+        import traceback
+
+        out["message"] = "".join(traceback.format_exception(exc)).strip()
+    return out
+
+
+def _decode_error(err: dict[str, Any]) -> BaseException:
+    kind, msg = err.get("type"), str(err.get("message"))
+    gone: dict[str, type[NoSuchProcess]] = {
+        "NoSuchProcess": NoSuchProcess, "ProcessGone": ProcessGone, "AddressSpaceReplaced": AddressSpaceReplaced}
+    if kind in gone and isinstance(err.get("pid"), int):
+        return gone[str(kind)](err["pid"], msg)
+    if kind == "AccessDenied" and "permission" in err:
+        return AccessDenied(err.get("pid"), err["permission"], msg)
+    if kind == "Unsupported" and "feature" in err:
+        return Unsupported(err["feature"], str(err.get("reason")))
+    if kind == "AlreadyTracked" and "pid" in err:
+        return AlreadyTracked(err["pid"], msg)
+    if isinstance(err.get("errno"), int):
+        return OSError(err["errno"], err.get("strerror") or msg)
+    return RuntimeError(f"in the injector process: {msg}")

@@ -8,9 +8,12 @@ Three ways to get one:
 * a child started by :func:`softdirty.spawn`: created at its exec stop
   (see :mod:`softdirty.spawn`);
 * any other process we may ptrace: :mod:`softdirty.inject` runs
-  ``userfaultfd()`` in it, we take the fd with ``pidfd_getfd`` and close the
+  ``userfaultfd()`` in it, takes the fd with ``pidfd_getfd`` and closes the
   target's copy, so that ours is the only reference: when we close it (or
   die), the kernel unregisters every range and drops the write-protection.
+  That happens in a short-lived injector process which hands us the fd
+  (:func:`softdirty.inject.run_injection`), so that our death mid-injection
+  cannot leave the target with injected registers.
 
 With ``vm.unprivileged_userfaultfd=0`` an unprivileged caller gets EPERM and
 must ask for ``UFFD_USER_MODE_ONLY`` (kernel-mode faults are then not
@@ -24,7 +27,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from softdirty import _libc
 from softdirty.errors import ProcessGone, Unsupported
@@ -81,12 +84,13 @@ class LiveUffd:
     """A userfaultfd we hold, on the mm of process ``pid`` (implements ``UffdInterface``)."""
 
     def __init__(self, fd: int, features: int, pid: int, *, user_mode_only: bool = False,
-                 session: Session | None = None, pidfd: int = -1) -> None:
+                 session: Session | None = None, pidfd: int = -1, remote: bool = False) -> None:
         self._fd = fd
         self._features = features
         self.pid = pid
         self.user_mode_only = user_mode_only
-        self._session = session  # None: the mm is our own
+        self._session = session  # an attached injector we were lent (a suspended spawned child)
+        self._remote = remote or session is not None  # False: the mm is our own
         self._pidfd = pidfd
 
     @property
@@ -118,7 +122,7 @@ class LiveUffd:
         """Apply ``madvise(start, length, advice)`` in the target's mm (ranges gone meanwhile are skipped)."""
         if not ranges:
             return
-        if self._session is None:
+        if not self._remote:
             for start, length in ranges:
                 try:
                     _libc.madvise(start, length, advice)
@@ -129,12 +133,14 @@ class LiveUffd:
         if self._process_madvise(ranges, advice):
             return
         # process_madvise takes only a few advices for other processes: run madvise() there.
-        with self._session() as inj:
-            for start, length in ranges:
-                ret = inj.syscall("madvise", start, length, advice)
-                if ret < 0 and -ret != errno.ENOMEM:
-                    raise OSError(-ret, f"madvise({start:#x}, {length}, {advice}) in process {self.pid}: "
-                                        f"{os.strerror(-ret)}")
+        if self._session is not None:
+            with self._session() as inj:
+                madvise_in(inj, ranges, advice)
+            return
+        from softdirty.inject import run_injection
+
+        run_injection(self.pid, self._pidfd, "softdirty.uffd_live:madvise_job",
+                      {"ranges": [list(r) for r in ranges], "advice": advice})
 
     def _process_madvise(self, ranges: Sequence[tuple[int, int]], advice: int) -> bool:
         if self._pidfd < 0:
@@ -220,14 +226,25 @@ def steal_uffd(inj: Injector, pidfd: int) -> tuple[int, bool]:
     return ours, user_mode_only
 
 
-def injection_session(pid: int) -> Session:
-    """A fresh seize-and-detach session on ``pid`` each time it is entered."""
-    from softdirty.inject import Injector
+def steal_job(inj: Injector, pidfd: int, args: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """:func:`steal_uffd` as an injection job (:func:`softdirty.inject.run_injection`)."""
+    fd, user_mode_only = steal_uffd(inj, pidfd)
+    return {"user_mode_only": user_mode_only}, [fd]
 
-    def session() -> contextlib.AbstractContextManager[Injector]:
-        return Injector(pid)
 
-    return session
+def madvise_in(inj: Injector, ranges: Sequence[tuple[int, int]], advice: int) -> None:
+    """``madvise()`` over ``ranges`` in the stopped target (ranges unmapped meanwhile are skipped)."""
+    for start, length in ranges:
+        ret = inj.syscall("madvise", start, length, advice)
+        if ret < 0 and -ret != errno.ENOMEM:
+            raise OSError(-ret, f"madvise({start:#x}, {length}, {advice}) in process {inj.pid}: "
+                                f"{os.strerror(-ret)}")
+
+
+def madvise_job(inj: Injector, pidfd: int, args: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """:func:`madvise_in` as an injection job."""
+    madvise_in(inj, [(int(s), int(n)) for s, n in args["ranges"]], int(args["advice"]))
+    return {}, []
 
 
 def borrowed_session(inj: Injector) -> Session:
@@ -255,10 +272,18 @@ def open_uffd_for(proc: LiveProcess, features: int, *, session: Session | None =
             os.close(fd)
             raise
         return LiveUffd(fd, features, proc.pid, user_mode_only=user_only)
-    session = session or injection_session(proc.pid)
-    with session() as inj:
-        fd, user_only = steal_uffd(inj, proc.pidfd)
-    return adopt_uffd(fd, features, proc, user_mode_only=user_only, session=session)
+    if session is not None:
+        with session() as inj:
+            fd, user_only = steal_uffd(inj, proc.pidfd)
+        return adopt_uffd(fd, features, proc, user_mode_only=user_only, session=session)
+    from softdirty.inject import run_injection
+
+    result, fds = run_injection(proc.pid, proc.pidfd, "softdirty.uffd_live:steal_job", {})
+    if len(fds) != 1 or not is_uffd(fds[0]):
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EIO, f"the injection in process {proc.pid} did not hand over a userfaultfd")
+    return adopt_uffd(fds[0], features, proc, user_mode_only=bool(result["user_mode_only"]))
 
 
 def adopt_uffd(fd: int, features: int, proc: LiveProcess, *, user_mode_only: bool = False,
@@ -274,8 +299,8 @@ def adopt_uffd(fd: int, features: int, proc: LiveProcess, *, user_mode_only: boo
     except BaseException:
         os.close(fd)
         raise
-    return LiveUffd(fd, features, proc.pid, user_mode_only=user_mode_only,
-                    session=session or injection_session(proc.pid), pidfd=proc.pidfd)
+    return LiveUffd(fd, features, proc.pid, user_mode_only=user_mode_only, session=session,
+                    pidfd=proc.pidfd, remote=True)
 
 
 def _alive(proc: LiveProcess) -> bool:

@@ -28,6 +28,7 @@ from softdirty.inject import (
     UserRegs,
     restarted,
     run_bpf,
+    run_injection,
     seccomp_data,
     seccomp_verdict,
 )
@@ -35,6 +36,9 @@ from softdirty.process import LiveProcess
 from softdirty.uffd_live import is_uffd, open_uffd_for
 
 CLOCK_NANOSLEEP = 230
+# Long enough for the injection to land inside the sleep: an injector process starts in ~0.1 s
+# on the host, 1-2 s under TCG.
+SLEEP_MS = 6000 if os.environ.get("SOFTDIRTY_IN_VM") else 1000
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +67,13 @@ def test_blocked_read_gets_its_data(exe: str) -> None:
 
 
 def test_blocked_nanosleep_sleeps_its_full_time_and_returns_0(exe: str) -> None:
-    with Target(exe, "nanosleep", "300") as t:
+    with Target(exe, "nanosleep", str(SLEEP_MS)) as t:
         wait_in_syscall(t.pid, [CLOCK_NANOSLEEP])
         steal_and_close(t.pid)
         words = t.line().split()
     assert words[:3] == ["nanosleep", "0", "0"]
     # restart_syscall continued the same sleep: not cut short by the interruption.
-    assert int(words[3]) >= 300_000_000
+    assert int(words[3]) >= SLEEP_MS * 1_000_000
 
 
 def test_blocked_futex_wait_is_woken_normally(exe: str) -> None:
@@ -85,12 +89,12 @@ def test_blocked_futex_wait_is_woken_normally(exe: str) -> None:
 
 
 def test_blocked_futex_with_timeout_times_out_on_time(exe: str) -> None:
-    with Target(exe, "futex-timeout", "300") as t:
+    with Target(exe, "futex-timeout", str(SLEEP_MS)) as t:
         wait_in_syscall(t.pid, [NR["futex"]])
         steal_and_close(t.pid)
         words = t.line().split()
     assert words[:3] == ["futex", "-1", "110"]  # ETIMEDOUT, neither EINTR nor a spurious 0
-    assert int(words[3]) >= 300_000_000
+    assert int(words[3]) >= SLEEP_MS * 1_000_000
 
 
 def state(pid: int) -> str:
@@ -271,3 +275,50 @@ def test_injector_refuses_to_attach_twice(exe: str) -> None:
                 with Injector(t.pid):
                     pass
         assert t.cmd("getpid") == [str(t.pid)]
+
+
+# -- the injector process ------------------------------------------------------------------------
+
+
+def test_injection_runs_in_an_injector_process(exe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our death mid-injection must not touch the target: we never attach ourselves."""
+    def refuse(self: Injector) -> Injector:
+        raise AssertionError("injected from the tracker's own process")
+
+    monkeypatch.setattr(Injector, "__enter__", refuse)
+    with Target(exe, "read") as t:
+        wait_in_syscall(t.pid, [NR["read"]])
+        steal_and_close(t.pid)
+        t.send("hello")
+        assert t.line() == "read 5 0 hello"
+
+
+def test_without_an_interpreter_it_injects_in_process(exe: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    entered = []
+    real = Injector.__enter__
+
+    def spy(self: Injector) -> Injector:
+        entered.append(self.pid)
+        return real(self)
+
+    monkeypatch.setattr(Injector, "__enter__", spy)
+    monkeypatch.setattr(sys, "executable", "")  # an embedded Python: no injector process to start
+    with Target(exe, "read") as t:
+        wait_in_syscall(t.pid, [NR["read"]])
+        steal_and_close(t.pid)
+        t.send("hello")
+        assert t.line() == "read 5 0 hello"
+    assert entered == [t.pid]
+
+
+def test_injector_errors_come_back_typed(exe: str) -> None:
+    with Target(exe, "ctl") as t, LiveProcess(t.pid) as proc:
+        with pytest.raises(OSError, match="madvise") as info:  # EINVAL: not page-aligned
+            run_injection(t.pid, proc.pidfd, "softdirty.uffd_live:madvise_job",
+                          {"ranges": [[1, 4096]], "advice": 4})
+        assert info.value.errno == 22
+        with pytest.raises(ValueError, match="softdirty.module:function"):
+            run_injection(t.pid, proc.pidfd, "os:system", {})
+        assert t.cmd("getpid") == [str(t.pid)]
+    with pytest.raises(softdirty.ProcessGone):
+        run_injection(t.pid, -1, "softdirty.uffd_live:steal_job", {})

@@ -216,12 +216,17 @@ def write_report(out: Path, mode: str, no_plots: bool) -> int:
 
 
 def merge_previous(data: dict[str, Any], old: dict[str, Any], rerun: set[str], results: Results) -> None:
-    """--update: keep the old run's figures of the sections not re-run."""
-    results.rows[:0] = [Row(**r) for r in old.get("rows", []) if r["section"] not in rerun]
+    """--update: keep the old run's figures of the sections not re-run (and, with --no-vm, its VM figures)."""
+    keep_vm = data["vm"].get("skipped") == "--no-vm"
+
+    def kept(x: dict[str, Any]) -> bool:
+        return x["section"] not in rerun or (keep_vm and x.get("env", "host") != "host")
+
+    results.rows[:0] = [Row(**r) for r in old.get("rows", []) if kept(r)]
     data["rows"] = [dataclasses.asdict(r) for r in results.rows]
     data["notes"] = {**{k: v for k, v in old.get("notes", {}).items() if k not in rerun}, **data["notes"]}
     for key in ("skipped", "errors"):
-        data[key] = [x for x in old.get(key, []) if x["section"] not in rerun] + data[key]
+        data[key] = [x for x in old.get(key, []) if kept(x)] + data[key]
     data["load"] = {**old.get("load", {}), **data.get("load", {})}
     if not rerun & set(VM_SECTIONS) or data["vm"].get("skipped") == "--no-vm":
         data["vm"] = old.get("vm", data["vm"])

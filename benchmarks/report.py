@@ -195,14 +195,36 @@ def md_emulator(rows: list[Row], data: dict[str, Any]) -> list[str]:
     ext = data.get("emulator_external")
     if not rs and not ext:
         return []
-    out = ["### 8. Emulator", ""]
+    out = ["### 8. Emulator (softdirty.emulator, kernel profile 6.18, THP never; median (min–max))", ""]
     if rs:
-        out += table(["case", "variant", "metric", "median (min–max)"],
-                     [[", ".join(f"{k}={v}" for k, v in r.case.items()), r.variant, r.metric,
-                       f"{r.stats['median']:.4g} ({r.stats['min']:.4g}–{r.stats['max']:.4g})"] for r in rs])
+        body = []
+        for r in rs:
+            if r.metric == "seconds":
+                fig = spread(r, ms) + " ms"
+                entries = r.case.get("entries")
+                per = (f"{rate(entries / r.stats['median'])} entries/s" if entries else
+                       f"{r.stats['median'] * 1e6:.2f} µs each" if r.case.get("calls") else "")
+            else:
+                fig, per = spread(r, rate) + (f" {r.metric}" if r.metric.endswith("/s") else ""), ""
+            body.append([_emulator_case(r), r.variant, fig, per])
+        out += table(["case", "variant", "time or rate", "per entry / call"], body)
     if ext and ext.get("text"):
         out += ["", "Output of benchmarks/bench_emulator.py:", "", "```", ext["text"].rstrip(), "```"]
     return out
+
+
+def _emulator_case(r: Row) -> str:
+    c = r.case
+    if "entries" in c:
+        sd = "soft-dirty on" if c.get("soft_dirty") else "soft-dirty off"
+        if c.get("after_clear"):
+            sd += ", after clear_refs 4"
+        return f"{human(c['entries'] * 4096)} fully populated ({c['entries']:,} entries), {sd}"
+    if "faults" in c:
+        return f"{c['faults']:,} write faults over {c.get('pages', 0):,} pages (first touch, then write-protect)"
+    if "calls" in c:
+        return f"{c['calls']:,} one-byte write() calls, each a first-touch fault"
+    return ", ".join(f"{k}={v}" for k, v in c.items())
 
 
 def summary(rows: list[Row]) -> list[str]:
@@ -272,6 +294,13 @@ def summary(rows: list[Row]) -> list[str]:
             lines.append([f"tracking {r.env} {human(r.case['size'])} {r.case['workload']} writes, {r.variant}: "
                           "throughput vs untracked", f"{rate(r.stats['median'])}/s vs {rate(base.stats['median'])}/s",
                           f"{r.stats['median'] / base.stats['median']:.2f}x"])
+    for r in rows_of(rows, "emulator"):
+        c = r.case
+        if r.variant == "pagemap read" and c.get("soft_dirty") and not c.get("after_clear") and c.get("entries"):
+            lines.append([f"emulator: pagemap read of {_emulator_case(r)}", f"{ms(r.stats['median'])} ms",
+                          f"{rate(c['entries'] / r.stats['median'])} entries/s"])
+        elif r.variant == "write faults" and r.metric == "faults/s":
+            lines.append([f"emulator: {_emulator_case(r)}", f"{rate(r.stats['median'])} faults/s", ""])
     if not lines:
         return []
     return ["### Summary (medians; ratios from the same run)", ""] + table(["claim", "figures", "ratio"], lines)

@@ -310,3 +310,71 @@ SD_API int64_t sd_pagemap_scan(int fd, uint64_t start, uint64_t end, uint64_t fl
     *calls = ncalls;
     return (int64_t)n;
 }
+
+/* Merge the sorted runs [a, m) and [m, b) of triples (by start) through tmp. */
+static void merge_runs(uint64_t *t, uint64_t a, uint64_t m, uint64_t b, uint64_t *tmp)
+{
+    uint64_t i = a, j = m, k = 0;
+
+    while (i < m && j < b) {
+        uint64_t *src = t[3 * j] < t[3 * i] ? &t[3 * j++] : &t[3 * i++];
+        memcpy(tmp + 3 * k++, src, 3 * sizeof *src);
+    }
+    if (i < m)
+        memcpy(tmp + 3 * k, t + 3 * i, 3 * (m - i) * sizeof *t), k += m - i;
+    if (j < b)
+        memcpy(tmp + 3 * k, t + 3 * j, 3 * (b - j) * sizeof *t), k += b - j;
+    memcpy(t + 3 * a, tmp, 3 * k * sizeof *t);
+}
+
+/* DirtySet's normalisation, in place, for the usual input: flat (start, end,
+ * flags) triples that do not overlap.  Sorts them by start (a natural merge
+ * sort: a harvest is a few sorted runs), then merges touching triples with
+ * equal flags.  Returns the number of triples left in t; -1 when a range is
+ * empty, reversed or not page-aligned, or two ranges overlap (the Python
+ * path then cuts overlaps or raises, with the reason); -ENOMEM. */
+SD_API int64_t sd_normalize(uint64_t *t, uint64_t n)
+{
+    uint64_t i, k = 0, prev_end = 0;
+
+    for (i = 1; i < n && t[3 * i] >= t[3 * i - 3]; i++)
+        ;
+    if (i < n) {
+        uint64_t *tmp = malloc(3 * n * sizeof *t), *starts;
+        uint64_t runs = 1, width;
+        if (!tmp)
+            return -ENOMEM;
+        starts = malloc((n + 1) * sizeof *starts);
+        if (!starts) {
+            free(tmp);
+            return -ENOMEM;
+        }
+        starts[0] = 0;
+        for (i = 1; i < n; i++)
+            if (t[3 * i] < t[3 * i - 3])
+                starts[runs++] = i;
+        starts[runs] = n;
+        for (width = 1; width < runs; width *= 2) /* merge neighbouring runs pairwise */
+            for (i = 0; i + width < runs; i += 2 * width) {
+                uint64_t hi = i + 2 * width < runs ? i + 2 * width : runs;
+                merge_runs(t, starts[i], starts[i + width], starts[hi], tmp);
+            }
+        free(starts);
+        free(tmp);
+    }
+    for (i = 0; i < n; i++) {
+        uint64_t s = t[3 * i], e = t[3 * i + 1], f = t[3 * i + 2];
+        if (s >= e || ((s | e) & (SD_PAGE_BYTES - 1)) || (i && s < prev_end))
+            return -1;
+        if (k && s == prev_end && t[3 * k - 1] == f) {
+            t[3 * k - 2] = e;
+        } else {
+            t[3 * k] = s;
+            t[3 * k + 1] = e;
+            t[3 * k + 2] = f;
+            k++;
+        }
+        prev_end = e;
+    }
+    return (int64_t)k;
+}

@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 
-#define SD_ABI_VERSION 1
+#define SD_ABI_VERSION 2
 
 /* An open run [run_start, run_end) of pages sharing run_key, carried across
  * calls so that windows coalesce seamlessly, plus counters.  Zero it to start. */
@@ -59,5 +59,6 @@ int64_t sd_pagemap_scan(int fd, uint64_t start, uint64_t end, uint64_t flags, ui
                         uint64_t mask, uint64_t anyof, uint64_t return_mask, uint64_t max_pages,
                         uint64_t batch, uint64_t *out, uint64_t out_cap, uint64_t *walk_end,
                         uint64_t *calls);
+int64_t sd_normalize(uint64_t *triples, uint64_t n);
 
 #endif

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from softdirty import scanner
 from softdirty.maps import Vma
 from softdirty.pagemap import PAGE_SIZE
 
@@ -52,6 +53,12 @@ def normalize(triples: Sequence[int]) -> array[int]:
         raise ValueError("ranges come as flat (start, end, flags) triples")
     if n == 0:
         return array("Q")
+    if isinstance(triples, array) and triples.typecode == "Q":
+        # The usual input (a harvest): a few sorted runs, no overlaps.  The C library does it
+        # without a Python step per range; None: overlaps, a bad range or no C library.
+        fast = scanner.normalize_disjoint(triples)
+        if fast is not None:
+            return fast
     starts = triples[0::3]
     ends = triples[1::3]
     flags = triples[2::3]

@@ -169,6 +169,24 @@ def mark_hugetlb(vmas: list[Vma], hugetlbfs_devs: frozenset[str]) -> list[Vma]:
     ]
 
 
+# Lines seen before, parsed (a Vma is immutable): a tracker re-reads the same maps at every
+# harvest, and parsing them again was a third of a small harvest's Python time.
+_PARSED: dict[str, Vma] = {}
+_PARSED_MAX = 8192
+
+
 def parse_maps(text: str) -> list[Vma]:
     """Every line of a maps file; raises :class:`MapsFormatError` on garbage."""
-    return [parse_line(line) for line in text.split("\n") if line]
+    parsed = _PARSED
+    out = []
+    for line in text.split("\n"):
+        if not line:
+            continue
+        vma = parsed.get(line)
+        if vma is None:
+            vma = parse_line(line)
+            if len(parsed) >= _PARSED_MAX:
+                parsed.clear()
+            parsed[line] = vma
+        out.append(vma)
+    return out

@@ -60,7 +60,7 @@ MAX_WINDOW_PAGES = 1 << 20
 DEFAULT_VEC_LEN = 4096  # page_regions per PAGEMAP_SCAN call: 96 KiB
 MAX_VEC_LEN = 1 << 22
 _OUT_CAPACITY = 16384  # C side: triples per output buffer before it is drained into the result
-_ABI_VERSION = 1  # must match SD_ABI_VERSION in csrc/scanner.h
+_ABI_VERSION = 2  # must match SD_ABI_VERSION in csrc/scanner.h
 _SCAN_DONE, _SCAN_OUT_FULL, _SCAN_EOF = 0, 1, 2
 
 
@@ -327,6 +327,11 @@ class Scanner:
         a = _ScanArgs(flags, category_inverted, category_mask, category_anyof_mask, return_mask, max_pages, vec_len)
         return self._pagemap_scan(f, s, e, a)
 
+    def normalize_disjoint(self, triples: array[int]) -> array[int] | None:
+        """DirtySet's normalisation of ``array('Q')`` triples that do not overlap, or None: the caller's
+        general path then does it (this implementation has no fast one, ranges overlap or one is bad)."""
+        return None
+
 
 class PythonScanner(Scanner):
     """The pure-Python fallback (:mod:`softdirty._scanner_py`)."""
@@ -359,11 +364,12 @@ def _zeros(n: int) -> array[int]:
 
 
 class _CCoalescer:
-    def __init__(self, lib: ctypes.CDLL, mm: int, mv: int, rm: int, capacity: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, mm: int, mv: int, rm: int, capacity: int,
+                 out: array[int] | None = None) -> None:
         self._lib, self._mm, self._mv, self._rm = lib, mm, mv, rm
         self.state = _State()
         self.capacity = capacity
-        self.out = _zeros(3 * capacity)
+        self.out = _zeros(3 * capacity) if out is None else out
         self.out_ptr = self.out.buffer_info()[0]
         self.result: array[int] = array("Q")
 
@@ -411,6 +417,20 @@ class CScanner(Scanner):
     def __init__(self, lib: ctypes.CDLL, out_capacity: int = _OUT_CAPACITY) -> None:
         self._lib = lib
         self._capacity = _bounded("out_capacity", out_capacity, 1, 1 << 24)
+        # Output buffers (3 * capacity u64, 384 KiB by default) of finished calls, reused: allocating
+        # and faulting one in at every call cost more than a small harvest's own system calls.
+        # list.pop/append are atomic: threads sharing the scanner never share a buffer.
+        self._spare: list[array[int]] = []
+
+    def _take(self) -> array[int]:
+        try:
+            return self._spare.pop()
+        except IndexError:
+            return _zeros(3 * self._capacity)
+
+    def _give(self, buf: array[int]) -> None:
+        if len(self._spare) < 2:
+            self._spare.append(buf)
 
     @property
     def lib(self) -> ctypes.CDLL:
@@ -423,6 +443,19 @@ class CScanner(Scanner):
 
     def _coalescer(self, match_mask: int, match_value: int, return_mask: int) -> _CCoalescer:
         return _CCoalescer(self._lib, match_mask, match_value, return_mask, self._capacity)
+
+    def normalize_disjoint(self, triples: array[int]) -> array[int] | None:
+        n = len(triples)
+        if n % 3 or triples.typecode != "Q":
+            return None
+        out = array("Q", triples)
+        if not n:
+            return out
+        k = self._lib.sd_normalize(out.buffer_info()[0], n // 3)
+        if k < 0:
+            return None
+        del out[3 * k:]
+        return out
 
     def _feed_buffer(self, co: _Coalescer, view: memoryview, start_addr: int) -> None:
         assert isinstance(co, _CCoalescer)
@@ -441,7 +474,7 @@ class CScanner(Scanner):
         del keep
 
     def _scan_fd(self, fd: int, start: int, end: int, mm: int, mv: int, rm: int, window: int) -> ScanResult:
-        co = self._coalescer(mm, mv, rm)
+        co = _CCoalescer(self._lib, mm, mv, rm, self._capacity, self._take())
         res = _FdResult()
         pos = start
         while True:
@@ -453,6 +486,7 @@ class CScanner(Scanner):
             if res.status != _SCAN_OUT_FULL:
                 break
             pos = res.stopped_at
+        self._give(co.out)  # drained: what it held is in co.result
         return ScanResult(co.result, co.pages_matched, co.entries_seen, res.status == _SCAN_DONE, int(res.stopped_at))
 
     def _ioctl(self, fd: int, start: int, end: int, a: _ScanArgs) -> tuple[array[int], int]:
@@ -475,7 +509,7 @@ class CScanner(Scanner):
                 raise _oserror(-r, "PAGEMAP_SCAN")
             return ScanRegions(array("Q"), int(walk_end.value), int(calls.value))
         cap = self._capacity
-        out = _zeros(3 * cap)
+        out = self._take()
         out_ptr = out.buffer_info()[0]
         result: array[int] = array("Q")
         pos, total_calls, pages = start, 0, 0
@@ -490,7 +524,9 @@ class CScanner(Scanner):
             got = out[:3 * r]
             if a.max_pages:
                 pages += sum((got[i + 1] - got[i]) >> PAGE_SHIFT for i in range(0, len(got), 3))
-            if got and result and got[0] == result[-2] and got[2] == result[-1]:
+            if not result:
+                result = got  # a copy already
+            elif got and got[0] == result[-2] and got[2] == result[-1]:
                 result[-2] = got[1]  # out was full last time: the walk continued our last region
                 result.extend(got[3:])
             else:
@@ -499,6 +535,7 @@ class CScanner(Scanner):
             # Only a full buffer makes the C loop return early; anything else is final.
             if r < cap or pos >= end or (a.max_pages and pages >= a.max_pages):
                 break
+        self._give(out)  # what it held is copied into result
         return ScanRegions(result, pos, total_calls)
 
 
@@ -514,6 +551,7 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "sd_scan_fd": (_i64t, [ctypes.c_int, _u64t, _u64t, _u64t, _u64t, _u64t, _u64t, _vp, _u64t, _vp, _vp]),
     "sd_pagemap_scan_once": (_i64t, [ctypes.c_int, *[_u64t] * 8, _vp, _u64t, _vp]),
     "sd_pagemap_scan": (_i64t, [ctypes.c_int, *[_u64t] * 9, _vp, _u64t, _vp, _vp]),
+    "sd_normalize": (_i64t, [_vp, _u64t]),
     "sd_test_set_ioctl_hook": (None, [_vp]),
 }
 # int64_t hook(int fd, struct sd_pm_scan_arg *arg): regions or -errno (tests only).
@@ -667,6 +705,12 @@ def pagemap_scan(fd: int, start: int, end: int, *, flags: int = 0, category_inve
     return _active().pagemap_scan(fd, start, end, flags=flags, category_inverted=category_inverted,
                                   category_mask=category_mask, category_anyof_mask=category_anyof_mask,
                                   return_mask=return_mask, max_pages=max_pages, vec_len=vec_len)
+
+
+def normalize_disjoint(triples: array[int]) -> array[int] | None:
+    """:func:`softdirty.dirtyset.normalize` of ``array('Q')`` triples that do not overlap, by the C library;
+    None when it cannot (the pure-Python scanner, overlapping or bad ranges): use the general path."""
+    return _active().normalize_disjoint(triples)
 
 
 def pagemap_scan_loop(ioctl_once: IoctlOnce, start: int, end: int, *, flags: int = 0, category_inverted: int = 0,

@@ -20,7 +20,7 @@ import pytest
 import softdirty
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = "decode,harvest,scaling,memory,precopy,tracking"
+SECTIONS = "decode,harvest,scaling,memory,precopy,tracking,emulator"
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +112,21 @@ def test_precopy_and_tracking(results: dict[str, object]) -> None:
     assert any(r["variant"] != "untracked" for r in tr)
 
 
+def test_emulator_rows(results: dict[str, object]) -> None:
+    """benchmarks/bench_emulator.py's figures land as rows (tiny: 64 MiB populated, 20,000 faults)."""
+    em = rows(results, "emulator")
+    reads = [r for r in em if r["variant"] == "pagemap read"]
+    assert {r["case"]["entries"] for r in reads} == {(64 << 20) // 4096}  # type: ignore[index]
+    faults = [r for r in em if r["variant"] == "write faults"]
+    assert len(faults) == 1 and faults[0]["metric"] == "faults/s"
+    assert faults[0]["case"]["faults"] == 20_000  # type: ignore[index]
+    assert "emulator: pagemap read of 64 MiB fully populated (16,384 entries)" in str(results["_md"])
+
+
 def test_report_written(results: dict[str, object]) -> None:
     md = results["_md"]
     assert isinstance(md, str)
-    for heading in ("### Summary", "### 1. Decode", "### 2–3. Harvest", "### 4. Cost growth", "### 5. Peak memory"):
+    for heading in ("### Summary", "### 1. Decode", "### 2–3. Harvest", "### 4. Cost growth", "### 5. Peak memory",
+                    "### 8. Emulator"):
         assert heading in md
     assert "wrote" in str(results["_log"])

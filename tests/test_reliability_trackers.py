@@ -65,6 +65,25 @@ def wait_for_orphaned_injectors(pid: int) -> int:
     return found
 
 
+def left_behind(pid: int, n: int) -> list[str]:
+    """What a killed tracker left in the target: a ptrace or group stop, a tracer, a registration."""
+    bad = []
+    state, tracer = stat_state(pid)
+    if state in ("t", "T") or tracer != 0:
+        bad.append(f"round {n}: target left state={state} TracerPid={tracer}")
+    regs, bits = wp_registered(pid), wp_bits(pid)
+    if regs or bits:
+        bad.append(f"round {n}: registration left: {regs[:3]} bits {bits[:3]}")
+    return bad
+
+
+def died(p: subprocess.Popen[str] | subprocess.Popen[bytes], n: int, bad: list[str]) -> bool:
+    if p.poll() is not None or stat_state_or_none(p.pid) in ("Z", None):
+        bad.append(f"round {n}: target died ({p.wait()}, signal {-(p.returncode or 0)})")
+        return True
+    return False
+
+
 def kill_tracker_rounds(mode: str, rounds: int) -> list[str]:
     rng = random.Random(mode)
     bad: list[str] = []
@@ -81,16 +100,10 @@ def kill_tracker_rounds(mode: str, rounds: int) -> list[str]:
             tr.wait()
             try:
                 orphans += wait_for_orphaned_injectors(p.pid)
-                state, tracer = stat_state(p.pid)
-                if state in ("t", "T") or tracer != 0:
-                    bad.append(f"round {n}: target left state={state} TracerPid={tracer}")
-                left = wp_registered(p.pid), wp_bits(p.pid)
-                if left[0] or left[1]:
-                    bad.append(f"round {n}: registration left: {left[0][:3]} bits {left[1][:3]}")
+                bad += left_behind(p.pid, n)
             except OSError:  # the target is gone (checked below)
                 pass
-            if p.poll() is not None or stat_state_or_none(p.pid) in ("Z", None):
-                bad.append(f"round {n}: target died ({p.wait()}, signal {-(p.returncode or 0)})")
+            if died(p, n, bad):
                 break
     finally:
         p.kill()
@@ -164,16 +177,11 @@ def test_tracker_killed_while_its_injector_holds_the_target(stress: int) -> None
             tr.wait()
             os.kill(injector, signal.SIGCONT)
             wait_for_orphaned_injectors(p.pid)
-            state, tracer = stat_state(p.pid)
-            if state in ("t", "T") or tracer != 0:
-                bad.append(f"round {n}: target left state={state} TracerPid={tracer}")
-            if wp_registered(p.pid) or wp_bits(p.pid):
-                bad.append(f"round {n}: registration left")
+            bad += left_behind(p.pid, n)
             if any(os.readlink(f"/proc/{p.pid}/fd/{fd}") == "anon_inode:[userfaultfd]"
                    for fd in os.listdir(f"/proc/{p.pid}/fd")):
                 bad.append(f"round {n}: a userfaultfd left open in the target")
-            if p.poll() is not None or stat_state_or_none(p.pid) in ("Z", None):
-                bad.append(f"round {n}: target died ({p.wait()}, signal {-(p.returncode or 0)})")
+            if died(p, n, bad):
                 break
     finally:
         p.kill()

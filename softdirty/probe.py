@@ -2,7 +2,9 @@
 
 A write of "4" to clear_refs succeeds even where soft-dirty is compiled out,
 so return codes prove nothing: every answer here comes from a round trip on a
-scratch mapping of our own.
+scratch mapping of our own.  The soft-dirty one runs in a forked child when
+this process has a single thread (clear_refs "4" would otherwise clear our
+own bits, and with them the checkpoint of anyone tracking us).
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import json
 import os
 import platform
+import threading
 from dataclasses import dataclass, field
 
 from softdirty import _libc, scanner
@@ -117,6 +121,49 @@ def _probe_soft_dirty(pagemap_fd: int) -> tuple[Answer, Answer]:
         os.close(clear_fd)
 
 
+def _probe_soft_dirty_in_child() -> tuple[Answer, Answer] | None:
+    """The soft-dirty round trip in a forked child, so that our own bits are left alone.
+
+    clear_refs "4" clears every soft-dirty bit of the process: probing in the
+    caller itself would wipe the checkpoint of anyone tracking the caller with
+    soft-dirty.  A forked child has its own mm.  None when forking is not safe
+    (other threads may hold locks the child would need) or fails: the caller
+    then probes itself.
+    """
+    if threading.active_count() != 1 or not hasattr(os, "fork"):
+        return None
+    rfd, wfd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        return None
+    if pid == 0:  # the child: no Python-level clean-up, just the answer and _exit
+        status = 1
+        try:
+            os.close(rfd)
+            fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            sd, pfn = _probe_soft_dirty(fd)
+            os.write(wfd, json.dumps([sd.ok, sd.reason, pfn.ok, pfn.reason]).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    try:
+        chunks = []
+        while chunk := os.read(rfd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    try:
+        sd_ok, sd_why, pfn_ok, pfn_why = json.loads(b"".join(chunks))
+    except ValueError:
+        return None
+    return Answer(bool(sd_ok), str(sd_why)), Answer(bool(pfn_ok), str(pfn_why))
+
+
 def _scan_once(fd: int, addr: int, **kw: int) -> int:
     _, walk_end = scanner.pagemap_scan_ioctl(fd, addr, addr + PAGE_SIZE, vec_len=4, **kw)
     return walk_end
@@ -210,7 +257,8 @@ def probe() -> Capabilities:
         raise AccessDenied(None, "read access to /proc/self/pagemap (this process is not dumpable: "
                            "prctl(PR_SET_DUMPABLE, 1) after changing credentials)") from None
     try:
-        sd, pfn = _probe_soft_dirty(fd)
+        sd_pfn = _probe_soft_dirty_in_child()
+        sd, pfn = sd_pfn if sd_pfn is not None else _probe_soft_dirty(fd)
         scan, scan_sd, scan_guard = _probe_scan(fd)
         uffd, user_only = _probe_uffd(fd, scan)
     finally:

@@ -48,3 +48,36 @@ def test_uffd_wp_async_answer_matches_uffdio_api() -> None:
 
 def test_probe_is_cached() -> None:
     assert softdirty.probe() is softdirty.probe()
+
+
+@pytest.mark.softdirty_kernel
+def test_probing_leaves_the_callers_soft_dirty_bits_alone() -> None:
+    """The soft-dirty round trip clears bits process-wide: it runs in a forked child, so a tracker's
+    checkpoint of this very process survives someone calling probe() in it."""
+    import threading
+
+    from softdirty import _libc
+    from softdirty.pagemap import PAGE_SIZE, PM
+    from softdirty.probe import probe
+
+    assert threading.active_count() == 1  # the forked-child path is the one under test
+    # Our page between two PROT_NONE pages: probe()'s own scratch mappings cannot merge into its VMA
+    # (a merge with a new VMA makes all of it read soft-dirty through VM_SOFTDIRTY, hiding a clear).
+    fence = _libc.mmap(3 * PAGE_SIZE)
+    _libc.mprotect(fence, PAGE_SIZE, _libc.PROT_NONE)
+    _libc.mprotect(fence + 2 * PAGE_SIZE, PAGE_SIZE, _libc.PROT_NONE)
+    page = fence + PAGE_SIZE
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("4")
+        _libc.poke(page, 1)
+        with open("/proc/self/pagemap", "rb") as pm:
+            def soft_dirty() -> bool:
+                return bool(int.from_bytes(os.pread(pm.fileno(), 8, page // PAGE_SIZE * 8), "little") & PM.SOFT_DIRTY)
+
+            assert soft_dirty()
+            probe.cache_clear()
+            assert probe().soft_dirty.ok  # it really probed (this kernel has soft-dirty)
+            assert soft_dirty(), "probe() cleared the caller's soft-dirty bits"
+    finally:
+        _libc.munmap(fence, 3 * PAGE_SIZE)

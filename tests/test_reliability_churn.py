@@ -45,8 +45,7 @@ def drain(fd: int, buf: bytearray) -> list[tuple[int, int, int, int]]:
     "nomremap",
 ])
 def test_churn_harvests_cover_every_logged_write(ops: str, stress: int) -> None:
-    """``all``: mmap, munmap, mremap (move/grow), mprotect; ``nomremap``: the same without mremap
-    (so that lost writes are measured even while mremap under tracking is broken: see the report)."""
+    """``all``: mmap, munmap, mremap (move/grow), mprotect; ``nomremap``: the same without mremap."""
     exe = build("churn")
     checked = lost = harvests = 0
     lost_at: list[str] = []
@@ -125,8 +124,6 @@ def test_churn_harvests_cover_every_logged_write(ops: str, stress: int) -> None:
     print(f"[reliability] churn (uffd, {ops}): targets broken by tracking={len(broke)}")
     assert not broke, broke
     assert checked > 500  # the log really was checked
-    if lost and ops == "all":
-        # Everything above is asserted; this one defect stays open and visible.
-        pytest.xfail(f"open, rare: {lost} of {checked} logged writes missing from the harvests they belong "
-                     "to, with mremap in the churn (about 1 in 200,000 under --stress); not yet explained")
-    assert lost == 0
+    # Was about 1 in 200,000 with mremap: PTEs left write-protected but writable in a VMA the kernel
+    # unregistered, skipped by the arm of its re-registration (tests/test_uffd_races.py, stale bits).
+    assert lost == 0, lost_at[:10]

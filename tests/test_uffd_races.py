@@ -90,3 +90,39 @@ def test_neighbour_moved_in_mid_pass_does_not_hide_earlier_writes(when: str, mon
     finally:
         proc.close()
         _libc.munmap(base, 64 * PAGE)
+
+
+@pytest.mark.parametrize("meanwhile", ["write", "mprotect"])
+def test_stale_protection_bits_after_registration_dropped_do_not_hide_writes(meanwhile: str) -> None:
+    """The kernel drops the registration of a VMA of ours that a moved mapping merged with
+    (mremap, no UFFD_FEATURE_EVENT_REMAP) but leaves its PTEs' uffd-wp bits.  A write to such a page
+    (the page is reused, the bit kept) or an mprotect to writable while unregistered makes its PTE
+    writable with the bit set.  The pass then registers the VMA again and arms it: with PAGEMAP_SCAN's
+    fast path, which skips PTEs that have the bit, every later write to those pages went unseen
+    (the churn's rare lost write).  Every write after the VMA is tracked again must be harvested."""
+    base, a, b = _two_mappings()
+    for i in range(4):
+        _libc.poke(a + i * PAGE, 1)  # a: present pages (b stays unfaulted, so the moved b merges with a)
+    proc = LiveProcess(os.getpid())
+    try:
+        with softdirty.track(proc, backend="uffd") as t:
+            t.reset()  # a and b registered and armed: a's PTEs have the uffd-wp bit
+            _libc.mremap(b, 4 * PAGE, 4 * PAGE, 3, a + 4 * PAGE)  # MREMAP_MAYMOVE | MREMAP_FIXED: b next to a
+            if meanwhile == "write":
+                _libc.poke(a, 2)
+            else:
+                _libc.mprotect(a, 8 * PAGE, _libc.PROT_READ)
+                _libc.mprotect(a, 8 * PAGE, _libc.PROT_READ | _libc.PROT_WRITE)
+            got = t.harvest()  # a (+ b) registered again and reported whole
+            assert a in got and a + PAGE in got
+            quiet = t.harvest()  # nothing written since: nothing of a reported
+            assert not any(p in quiet for p in range(a, a + 8 * PAGE, PAGE))
+            _libc.poke(a, 3)
+            _libc.poke(a + PAGE, 3)
+            _libc.poke(a + 5 * PAGE, 3)
+            last = t.harvest()
+            pages = {(p - a) // PAGE for p in range(a, a + 8 * PAGE, PAGE) if p in last}
+            assert pages == {0, 1, 5}, sorted(pages)
+    finally:
+        proc.close()
+        _libc.munmap(base, 64 * PAGE)

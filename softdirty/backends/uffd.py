@@ -18,7 +18,8 @@ What each pass does (``reset`` and ``harvest`` share it):
 3. register and arm what is new: a VMA created since the last pass, one that
    lost its registration (``mremap`` moves a range out of it: spec section 6)
    or grew; it is reported whole, with ``NEW_MAPPING``, ``MOVED`` or
-   ``PROTECTION_LOST``;
+   ``PROTECTION_LOST``, and armed with ``UFFDIO_WRITEPROTECT`` (PTEs the kernel left
+   protected but writable when it dropped a registration: ``_protect``);
 4. report what cannot be tracked (``[vvar]``, ``[vsyscall]``, ``VM_PFNMAP``,
    ranges someone else's uffd owns, registration refused, very large VMAs)
    as ``UNTRACKED``, every time: never as clean.
@@ -235,6 +236,36 @@ class UffdBackend(Backend):
     def _arm(self, start: int, end: int) -> None:
         # No output vector: the kernel's fast path protects every entry (holes get markers).
         self._scan(start, end, flags=_WP, vec_len=0)
+
+    def _protect(self, start: int, end: int) -> None:
+        """Arm a range we (re)registered and report whole: UFFDIO_WRITEPROTECT, not ``_arm``.
+
+        The kernel can leave uffd-wp bits in PTEs of a VMA it unregistered: mremap of a registered
+        VMA next to one of ours merges them and drops the registration of the merged VMA
+        (userfaultfd_reset_ctx, no EVENT_REMAP) without clearing its PTEs' bits, and an
+        unregistered VMA moved by mremap keeps its PTEs' bits.  A write there (wp_page_reuse) or
+        an mprotect to writable makes such a PTE writable with the bit still set.  ``_arm``'s
+        fast path skips PTEs that have the bit, so after we register the VMA again every write
+        to that page would go unseen forever; UFFDIO_WRITEPROTECT write-protects every PTE.
+        It fails (ENOENT) on a range holding a VMA that is not registered (changed meanwhile):
+        then part by part, registered parts this way, the rest by ``_arm`` (it skips them).
+        """
+        try:
+            self.uffd.writeprotect(start, end - start, True)
+            return
+        except OSError as exc:
+            if exc.errno == errno.ESRCH or not self._alive():
+                raise self._error(ProcessGone(self.proc.pid)) from None
+        pos = start
+        for s, e in self._unregistered(start, end) + [(end, end)]:
+            if pos < s:
+                try:
+                    self.uffd.writeprotect(pos, s - pos, True)
+                except OSError as exc:
+                    if exc.errno == errno.ESRCH or not self._alive():
+                        raise self._error(ProcessGone(self.proc.pid)) from None
+                    self._arm(pos, s)  # no VMA there (gone), or hugetlb alignment: what can be armed is
+            pos = max(pos, e)
 
     def _unregistered(self, start: int, end: int) -> list[tuple[int, int]]:
         """Ranges the kernel walks whose VMA is not registered in WP-async mode (spec 5.3)."""
@@ -495,7 +526,7 @@ class UffdBackend(Backend):
             except OSError as exc:
                 raise self._error(exc) from None
         for s, e, v in registered:
-            self._arm(s, e)
+            self._protect(s, e)
             self._insert((s, e, ident(v)))
             if out is not None:
                 out.extend((s, e, int(self._fresh_cause(s, e, v, old_ours, vmas))))

@@ -367,17 +367,17 @@ class EmulatedProcess:
             prev is not None and start == v.start
             and attrs_mergeable(flags, v.file, uffd, v.name, prev)
             and prev.pgoff + prev.pages == pgoff_start
-            and anon_mergeable(prev, anon, v)
+            and anon_mergeable(prev, anon, v, fixed=self.profile.anon_merge_fixed)
         )
         merge_right = (
             nxt is not None and end == v.end
             and attrs_mergeable(flags, v.file, uffd, v.name, nxt)
             and nxt.pgoff == pgoff_end
-            and anon_mergeable(nxt, anon, v)
+            and anon_mergeable(nxt, anon, v, fixed=self.profile.anon_merge_fixed)
         )
         if merge_left and merge_right:
             assert prev is not None and nxt is not None
-            if not anon_mergeable(prev, nxt.anon_vma, nxt):
+            if not anon_mergeable(prev, nxt.anon_vma, nxt, fixed=self.profile.anon_merge_fixed, pair=True):
                 merge_right = False
         if not merge_left and not merge_right:
             if start == v.start and end == v.end:
@@ -1080,13 +1080,16 @@ class EmulatedProcess:
         uffd = old & _PAGE_UFFD_WP
         head_excl = f.excl[0]
         self.pt.install_pte_table(pmdt, pi, t)
+        pte_dirty = dirty and self.profile.split_pmd_mkdirty
+        if dirty and not pte_dirty:
+            f.dirty = True  # SetPageDirty(): the PTEs stay clean (and keep only the PMD's soft-dirty)
         for k in range(PTRS):
             raw = mk_pte(f.pfn + k, prot)
             if write:
                 raw |= _PAGE_RW
             if not young:
                 raw &= ~_PAGE_ACCESSED
-            if dirty:
+            if pte_dirty:
                 raw = self._mkdirty(raw)
             if sd:
                 raw |= _PAGE_SOFT_DIRTY
@@ -1403,12 +1406,14 @@ class EmulatedProcess:
         end = addr + length
         prev, nxt = self._prev_next(addr, end)
         left = prev is not None and prev.end == addr and attrs_mergeable(vm, file, None, "", prev) \
-            and prev.pgoff + prev.pages == pgoff and anon_mergeable(prev, None, None)
+            and prev.pgoff + prev.pages == pgoff \
+            and anon_mergeable(prev, None, None, fixed=self.profile.anon_merge_fixed)
         right = nxt is not None and nxt.start == end and attrs_mergeable(vm, file, None, "", nxt) \
-            and nxt.pgoff == pgoff + (length >> PAGE_SHIFT) and anon_mergeable(nxt, None, None)
+            and nxt.pgoff == pgoff + (length >> PAGE_SHIFT) \
+            and anon_mergeable(nxt, None, None, fixed=self.profile.anon_merge_fixed)
         if left and right:
             assert prev is not None and nxt is not None
-            if not anon_mergeable(prev, nxt.anon_vma, nxt):
+            if not anon_mergeable(prev, nxt.anon_vma, nxt, fixed=self.profile.anon_merge_fixed, pair=True):
                 right = False
         if left and right:
             assert prev is not None and nxt is not None
@@ -1862,12 +1867,18 @@ class EmulatedProcess:
     def _split_folio(self, f: Folio) -> None:
         """split_folio(): every PMD mapping becomes PTEs, the folio becomes small folios, and
         (6.12+) an anonymous subpage that only holds zeros is remapped to the shared zero page."""
+        # The kernel splits a PMD mapping here in its "freeze" form: migration entries whose
+        # soft-dirty is the PMD's own bit (not the mkdirty of a plain split).  A subpage remapped
+        # to the zero page takes its soft-dirty from that entry (try_to_map_unused_to_zeropage);
+        # the others come back dirty, hence soft-dirty, as the plain split leaves them.
+        pmd_soft_dirty: dict[tuple[int, int], int] = {}
         for pmdt, pi in list(f.pmd_rmap):
             assert isinstance(pmdt, Table)
             owner = pmdt.owner
             assert isinstance(owner, EmulatedProcess)
             vv = owner.find_vma(pmdt.base + (pi << 21))
             assert vv is not None
+            pmd_soft_dirty[(id(owner), pmdt.base + (pi << 21))] = pmdt.ents[pi] & _PAGE_SOFT_DIRTY
             owner._split_pmd(vv, pmdt, pi)
         machine = self.machine
         pieces = []
@@ -1900,7 +1911,8 @@ class EmulatedProcess:
                     continue
                 old = t.pte[i]
                 new = mk_pte(ZERO_PFN, owner._vm_page_prot(vv)) | _PAGE_SPECIAL
-                new |= old & (_PAGE_SOFT_DIRTY | _PAGE_UFFD_WP)
+                new |= old & _PAGE_UFFD_WP
+                new |= pmd_soft_dirty.get((id(owner), t.base), old & _PAGE_SOFT_DIRTY)
                 if new & _PAGE_UFFD_WP:
                     new &= ~_PAGE_RW
                 owner._unmap_folio_pte(t, i, old)
@@ -1955,10 +1967,19 @@ class EmulatedProcess:
 
     def _madvise_populate(self, start: int, end: int, write: bool, fault_around: Iterable[int] | None) -> None:
         cur = start
+        unmapped = False
         while cur < end:
             v = self.find_vma(cur)
             if v is None:
-                raise _err(errno.ENOMEM, "range not mapped")
+                if not self.profile.populate_skips_holes:
+                    raise _err(errno.ENOMEM, "range not mapped")
+                # < 6.10: madvise_walk_vmas() skips the hole and reports it at the end.
+                unmapped = True
+                i = self._vma_index(cur)
+                if i >= len(self.vmas) or self.vmas[i].start >= end:
+                    break
+                cur = self.vmas[i].start
+                continue
             # check_vma_flags() failing means "incompatible mapping": EINVAL.
             if v.flags & (VM_PFNMAP | VM_IO):
                 raise _err(errno.EINVAL, "MADV_POPULATE on a PFN mapping")
@@ -1972,6 +1993,8 @@ class EmulatedProcess:
             except BusError:
                 raise _err(errno.EFAULT, "MADV_POPULATE hit SIGBUS") from None
             cur = e
+        if unmapped:
+            raise _err(errno.ENOMEM, "part of the range is not mapped")
 
     def _populate(self, start: int, end: int, write: bool, ignore_errors: bool = False,
                   fault_around: Iterable[int] | None = None) -> None:
@@ -2265,7 +2288,8 @@ class EmulatedProcess:
         if v.file is not None and v.file.kind == "shmem":
             pass  # the shmem object keeps its size: accesses beyond it raise SIGBUS
         if nxt is not None and nxt.start == end and attrs_mergeable(v.flags, v.file, v.uffd, v.name, nxt) \
-                and nxt.pgoff == v.pgoff + v.pages and anon_mergeable(nxt, v.anon_vma, v):
+                and nxt.pgoff == v.pgoff + v.pages \
+                and anon_mergeable(nxt, v.anon_vma, v, fixed=self.profile.anon_merge_fixed):
             v.end = nxt.end
             v.anon_vma = v.anon_vma or nxt.anon_vma
             v.flags = self._sd_merge(v.flags, nxt.flags)
@@ -2274,10 +2298,15 @@ class EmulatedProcess:
     def _move_vma(self, v: EVma, old: int, old_len: int, new_len: int, new_addr: int, flags: int) -> int:
         """move_vma(): copy_vma at the destination, move the page tables, unmap the source.
 
-        With MREMAP_DONTUNMAP the source VMA is neither split nor unmapped.
+        With MREMAP_DONTUNMAP the source VMA is neither split nor unmapped.  Otherwise the
+        source VMA is split only by the final unmap: copy_vma() sees it whole, so an
+        anonymous VMA that was never faulted (no anon_vma: the copy's pgoff is reset to the
+        destination address) can merge with the copy (copy_vma()'s "merge with self"),
+        and mremap_userfaultfd_prep() then drops the uffd context of all of it.
         """
         dontunmap = bool(flags & MREMAP_DONTUNMAP)
-        src = v if dontunmap else self._isolate(v, old, old + old_len)
+        src = v
+        src_start = src.start
         need_clear_uffd = src.uffd_without_event_remap()
         pgoff = src.pgoff + ((old - src.start) >> PAGE_SHIFT)
         anon = src.anon_vma
@@ -2285,12 +2314,15 @@ class EmulatedProcess:
             pgoff = new_addr >> PAGE_SHIFT
         uffd = src.uffd
         dst = self._copy_vma(src, new_addr, new_len, src.flags, pgoff, anon, uffd, dontunmap=dontunmap)
+        if dst.start <= src_start < dst.end:
+            src = dst  # copy_vma(): "Source vma may have been merged into new_vma"
+        self._move_page_tables(src, old, dst, new_addr, old_len, need_clear_uffd)
         if uffd is not None and not uffd.event_remap and dst.uffd is not None:
             # mremap_userfaultfd_prep(): without EVENT_REMAP the new VMA loses its context, and
-            # when copy_vma() merged it with registered neighbours, so do they (no re-merge).
+            # when copy_vma() merged it with registered neighbours (or with the source VMA
+            # itself), so do they (no re-merge).
             dst.flags &= ~VM_UFFD_FLAGS
             dst.uffd = None
-        self._move_page_tables(src, old, dst, new_addr, old_len, need_clear_uffd)
         if dontunmap:
             if src is not dst and src.start == old and src.end == old + old_len and src.anonymous:
                 src.anon_vma = None
@@ -2305,9 +2337,11 @@ class EmulatedProcess:
         end = addr + length
         prev, nxt = self._prev_next(addr, end)
         left = prev is not None and prev.end == addr and attrs_mergeable(flags, src.file, uffd, src.name, prev) \
-            and prev.pgoff + prev.pages == pgoff and anon_mergeable(prev, anon, src)
+            and prev.pgoff + prev.pages == pgoff \
+            and anon_mergeable(prev, anon, src, fixed=self.profile.anon_merge_fixed)
         right = nxt is not None and nxt.start == end and attrs_mergeable(flags, src.file, uffd, src.name, nxt) \
-            and nxt.pgoff == pgoff + (length >> PAGE_SHIFT) and anon_mergeable(nxt, anon, src)
+            and nxt.pgoff == pgoff + (length >> PAGE_SHIFT) \
+            and anon_mergeable(nxt, anon, src, fixed=self.profile.anon_merge_fixed)
         policy = self.profile.dontunmap_merge
         if dontunmap and policy != "any":
             # Observed: before the 6.16 rework the kept source VMA is no merge partner
@@ -2319,7 +2353,7 @@ class EmulatedProcess:
                 left = right = False
         if left and right:
             assert prev is not None and nxt is not None
-            if not anon_mergeable(prev, nxt.anon_vma, nxt):
+            if not anon_mergeable(prev, nxt.anon_vma, nxt, fixed=self.profile.anon_merge_fixed, pair=True):
                 right = False
         if left and right:
             assert prev is not None and nxt is not None

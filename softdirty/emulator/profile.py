@@ -56,6 +56,17 @@ class KernelProfile:
     # "any" (6.16+), "not_source" (6.12: never into the kept source VMA), "none_near_source"
     # (6.1: no merge at all when the source VMA is a neighbour).
     dontunmap_merge: str = "any"
+    # is_mergeable_anon_vma() tests the VMA that lends its anon_vma for fork-child chains
+    # (6.16+); before, it tested the merge target's chain, so a VMA with an anon_vma never
+    # merged with a neighbour that has none (observed on 6.1 and 6.12).
+    anon_merge_fixed: bool = True
+    # Splitting a dirty PMD-mapped THP makes dirty (hence soft-dirty) PTEs (6.2+); 6.1
+    # only marks the page dirty, so the PTEs carry the PMD's soft-dirty bit and no more.
+    split_pmd_mkdirty: bool = True
+    # MADV_POPULATE_(READ|WRITE) before 6.10 is a per-VMA madvise behaviour: holes are
+    # skipped and reported as ENOMEM only after the VMAs past them were populated; 6.10+
+    # populates the range in one GUP walk that stops at the first hole.
+    populate_skips_holes: bool = False
     # A read fault that maps a writable PTE of a dirty folio marks it dirty (2025).
     dirty_folio_read_mkdirty: bool = True
     # Machine configuration (not version dependent; read it off the real host).
@@ -105,6 +116,7 @@ _PRESETS: dict[str, KernelProfile] = {
     "6.12": KernelProfile(
         release="6.12",
         dontunmap_merge="not_source",
+        anon_merge_fixed=False,
         scan_guard=False,
         guard_regions=False,
         guard_bit=False,
@@ -120,6 +132,7 @@ _PRESETS: dict[str, KernelProfile] = {
     "6.1": KernelProfile(
         release="6.1",
         dontunmap_merge="none_near_source",
+        anon_merge_fixed=False,
         pagemap_scan=False,
         scan_soft_dirty=False,
         scan_guard=False,
@@ -131,6 +144,8 @@ _PRESETS: dict[str, KernelProfile] = {
         uffd_wp_async=False,
         uffd_features=0x1FFF,
         mprotect_unaccount=False,
+        populate_skips_holes=True,
+        split_pmd_mkdirty=False,
         split_zero_remap=False,
         huge_zero_wp_alloc=False,
         large_anon_folio_reuse=False,

@@ -202,9 +202,24 @@ def had_uncowed_parents(v: EVma | None) -> bool:
     return v is not None and v.anon_vma is not None and v.avc_forked
 
 
-def anon_mergeable(tgt: EVma, src_anon: AnonVma | None, src: EVma | None) -> bool:
-    """is_mergeable_anon_vma() (6.16+ wording; same outcome as before)."""
+def anon_mergeable(tgt: EVma, src_anon: AnonVma | None, src: EVma | None, *, fixed: bool = True,
+                   pair: bool = False) -> bool:
+    """is_mergeable_anon_vma(): may ``src_anon`` (of ``src``) merge with the neighbour ``tgt``?
+
+    ``fixed`` (6.16+, "fix incorrectly disallowed anonymous VMA merges"): the
+    fork-child test applies to whichever VMA lends its anon_vma.  Before it
+    (``fixed=False``) the kernel tested list_is_singular() on the *target*'s
+    anon_vma_chain, which is empty when the target has no anon_vma: a VMA with
+    an anon_vma then never merged with an unfaulted neighbour (observed on 6.1
+    and 6.12).  ``pair``: the prev/next compatibility check of a three-way merge
+    (are_anon_vmas_compatible(), no chain test at all before the fix).
+    """
     tgt_anon = tgt.anon_vma
+    if not fixed:
+        if src_anon is None or tgt_anon is None:
+            if pair or (tgt_anon is not None and not tgt.avc_forked):
+                return True
+        return src_anon is tgt_anon
     if tgt_anon is None and src_anon is not None:
         return not had_uncowed_parents(src)
     if tgt_anon is not None and src_anon is None:

@@ -1684,10 +1684,10 @@ class EmulatedProcess:
             v = self.find_vma(cur)
             if v is None:
                 unmapped = True
-                i = self._vma_index(cur)
-                if i >= len(self.vmas) or self.vmas[i].start >= end:
+                nxt = self._next_vma_start(cur, end)
+                if nxt is None:
                     break
-                cur = self.vmas[i].start
+                cur = nxt
                 continue
             s, e = cur, min(v.end, end)
             cur = e
@@ -1965,6 +1965,13 @@ class EmulatedProcess:
             if is_swap_pte(raw) and marker_bits(raw) & PTE_MARKER_GUARD:
                 self._set(t, i, 0)
 
+    def _next_vma_start(self, addr: int, end: int) -> int | None:
+        """madvise_walk_vmas() at a hole: where the next VMA before ``end`` starts (None: none)."""
+        i = self._vma_index(addr)
+        if i >= len(self.vmas) or self.vmas[i].start >= end:
+            return None
+        return self.vmas[i].start
+
     def _madvise_populate(self, start: int, end: int, write: bool, fault_around: Iterable[int] | None) -> None:
         cur = start
         unmapped = False
@@ -1975,10 +1982,10 @@ class EmulatedProcess:
                     raise _err(errno.ENOMEM, "range not mapped")
                 # < 6.10: madvise_walk_vmas() skips the hole and reports it at the end.
                 unmapped = True
-                i = self._vma_index(cur)
-                if i >= len(self.vmas) or self.vmas[i].start >= end:
+                nxt = self._next_vma_start(cur, end)
+                if nxt is None:
                     break
-                cur = self.vmas[i].start
+                cur = nxt
                 continue
             # check_vma_flags() failing means "incompatible mapping": EINVAL.
             if v.flags & (VM_PFNMAP | VM_IO):

@@ -2014,33 +2014,27 @@ class EmulatedProcess:
                 if not ignore_errors:
                     raise
 
-    def _access_gup(self, addr: int, write: bool, fault_around: Iterable[int] | None = None) -> None:
-        # GUP faults like an access but never sets the hardware A/D bits by itself.
+    def _mapped_for(self, addr: int, write: bool) -> bool:
+        """Whether a present entry (PTE or PMD leaf) already allows this access."""
         t = self.pt.pte_table(addr)
         if t is not None:
             raw = t.pte[(addr >> 12) & 511]
-            if raw & _PAGE_PRESENT and (not write or raw & _PAGE_RW):
-                return
-        else:
-            pmdt = self.pt.pmd_table(addr)
-            if pmdt is not None:
-                raw = pmdt.ents[(addr >> 21) & 511]
-                if is_leaf(raw) and raw & _PAGE_PRESENT and (not write or raw & _PAGE_RW):
-                    return
+            return bool(raw & _PAGE_PRESENT and (not write or raw & _PAGE_RW))
+        pmdt = self.pt.pmd_table(addr)
+        if pmdt is None:
+            return False
+        raw = pmdt.ents[(addr >> 21) & 511]
+        return bool(is_leaf(raw) and raw & _PAGE_PRESENT and (not write or raw & _PAGE_RW))
+
+    def _access_gup(self, addr: int, write: bool, fault_around: Iterable[int] | None = None) -> None:
+        # GUP faults like an access but never sets the hardware A/D bits by itself.
+        if self._mapped_for(addr, write):
+            return
         v = self._fault_vma(None, addr, write)
         for _ in range(_FAULT_RETRIES):
             self._handle_mm_fault(v, addr, write, fault_around)
-            t = self.pt.pte_table(addr)
-            if t is not None:
-                raw = t.pte[(addr >> 12) & 511]
-                if raw & _PAGE_PRESENT and (not write or raw & _PAGE_RW):
-                    return
-            else:
-                pmdt = self.pt.pmd_table(addr)
-                if pmdt is not None:
-                    raw = pmdt.ents[(addr >> 21) & 511]
-                    if is_leaf(raw) and raw & _PAGE_PRESENT and (not write or raw & _PAGE_RW):
-                        return
+            if self._mapped_for(addr, write):
+                return
         raise RuntimeError(f"emulator bug: populate at {addr:#x} did not resolve")
 
     # -- reclaim (MADV_PAGEOUT) --------------------------------------------------------
